@@ -1,0 +1,189 @@
+//! The `make-disk-image` command: parses arguments, reports; the work is in mdi-build.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use mdi_build::spec::{self, key_for_flag, nearest, KEYS};
+use serde_json::{Map, Value};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "make-disk-image", version, about = "Build NixOS disk images without a VM, without root, reproducibly")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build an image: `build [SPEC.json] [--<spec-key> VALUE ...] -o OUTDIR`.
+    ///
+    /// Every spec key is also a flag in kebab-case (--partition-table-type none,
+    /// --disk-size auto, --closure-info DIR, --only-nix-store true); flags override the
+    /// file. With no spec and no inputs, builds a demo image from an embedded tree.
+    Build {
+        /// Spec file, then --key value pairs, -o OUTDIR, --json.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+}
+
+struct BuildArgs {
+    spec: Map<String, Value>,
+    out: PathBuf,
+    json: bool,
+}
+
+/// A flag value as JSON: numbers, booleans, arrays and objects as such, else a string.
+fn flag_value(key: &str, v: &str) -> Value {
+    let stringy = ["label", "baseName", "seed", "rootGPUID", "rootFSUID", "system", "channel", "name", "postVM"];
+    if stringy.contains(&key) {
+        return Value::String(v.to_string());
+    }
+    match serde_json::from_str::<Value>(v) {
+        Ok(j) if !j.is_string() => j,
+        _ => Value::String(v.to_string()),
+    }
+}
+
+fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
+    let mut spec_file: Option<PathBuf> = None;
+    let mut flags: Vec<(String, Value)> = Vec::new();
+    let mut out = None;
+    let mut json = false;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "-o" || a == "--out" || a == "--out-dir" {
+            out = Some(PathBuf::from(args.get(i + 1).ok_or_else(|| anyhow!("{a} needs an output folder"))?));
+            i += 2;
+            continue;
+        }
+        if a == "--json" {
+            json = true;
+            i += 1;
+            continue;
+        }
+        if let Some(flag) = a.strip_prefix("--") {
+            let (name, inline) = match flag.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (flag, None),
+            };
+            let key = key_for_flag(name).ok_or_else(|| {
+                let kebabs: Vec<String> = KEYS.iter().map(|k| spec::kebab(k)).collect();
+                let refs: Vec<&str> = kebabs.iter().map(String::as_str).collect();
+                anyhow!(spec::SpecError::UnknownFlag { flag: name.to_string(), nearest: nearest(name, &refs).and_then(|n| key_for_flag(&n).map(str::to_string)) })
+            })?;
+            let value = match inline {
+                Some(v) => v,
+                None => {
+                    i += 1;
+                    args.get(i).cloned().ok_or_else(|| anyhow!("--{name} needs a value"))?
+                }
+            };
+            flags.push((key.to_string(), flag_value(key, &value)));
+            i += 1;
+            continue;
+        }
+        if a.starts_with('-') {
+            bail!("unknown option '{a}'; see make-disk-image build --help");
+        }
+        if spec_file.is_some() {
+            bail!("more than one spec file given ('{a}'); pass one SPEC.json and use --key value flags for the rest");
+        }
+        spec_file = Some(PathBuf::from(a));
+        i += 1;
+    }
+    let mut spec = match &spec_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| spec::SpecError::Read { path: p.clone(), source })?;
+            match serde_json::from_str::<Value>(&text).map_err(|source| spec::SpecError::Json { path: p.clone(), source })? {
+                Value::Object(m) => m,
+                _ => bail!("spec '{}' must be a JSON object of spec keys", p.display()),
+            }
+        }
+        None => Map::new(),
+    };
+    // Relative paths in a spec file are relative to the file.
+    if let Some(dir) = spec_file.as_ref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty()) {
+        for key in ["closureInfo", "storeRoot", "rootDir", "configFile", "systemdBoot", "grub", "efiVariables"] {
+            if let Some(Value::String(s)) = spec.get(key) {
+                if !s.starts_with('/') {
+                    let joined = dir.join(s).to_string_lossy().into_owned();
+                    spec.insert(key.to_string(), Value::String(joined));
+                }
+            }
+        }
+    }
+    for (k, v) in flags {
+        spec.insert(k, v);
+    }
+    let no_inputs = !["closureInfo", "rootDir", "contents", "system"].iter().any(|k| spec.contains_key(*k));
+    if no_inputs && !spec.contains_key("partitionTableType") {
+        // The demo: a plain filesystem image until partition layouts land.
+        spec.insert("partitionTableType".into(), Value::String("none".into()));
+    }
+    Ok(BuildArgs { spec, out: out.unwrap_or_else(|| PathBuf::from("result")), json })
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Build { args } => {
+            let a = parse_build_args(&args)?;
+            let spec = spec::from_map(a.spec)?;
+            let cancel = Arc::new(AtomicBool::new(false));
+            {
+                let c = cancel.clone();
+                // Ctrl-C stops the writer; the partial image is removed on the way out.
+                let _ = ctrlc::set_handler(move || c.store(true, Ordering::SeqCst));
+            }
+            let progress = Arc::new(AtomicU64::new(0));
+            let tty = std::io::stderr().is_terminal() && !a.json;
+            let done = Arc::new(AtomicBool::new(false));
+            let reporter = tty.then(|| {
+                let (p, d) = (progress.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let start = std::time::Instant::now();
+                    while !d.load(Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        let b = p.load(Ordering::Relaxed) as f64;
+                        let s = start.elapsed().as_secs_f64().max(0.001);
+                        eprint!("\r{:.1} MiB of file data written, {:.0} MiB/s   ", b / 1048576.0, b / 1048576.0 / s);
+                    }
+                    eprint!("\r\x1b[K");
+                })
+            });
+            let ctx = mdi_build::RunContext { cancel: Some(cancel), progress: Some(progress) };
+            let result = mdi_build::build(&spec, &a.out, &ctx);
+            done.store(true, Ordering::Relaxed);
+            if let Some(r) = reporter {
+                let _ = r.join();
+            }
+            let outcome = result?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&outcome.manifest)?);
+            } else {
+                let fs = &outcome.manifest["filesystems"][0];
+                println!(
+                    "{}: {} bytes, ext4 {} ({} of {} blocks free)",
+                    outcome.image.display(),
+                    outcome.manifest["image"]["virtualSize"],
+                    fs["uuid"].as_str().unwrap_or(""),
+                    fs["freeBlocks"],
+                    fs["blocks"]
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() {
+    if let Err(e) = run().context("make-disk-image") {
+        eprintln!("error: {}", e.chain().skip(1).map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,261 @@
+//! The build pipeline (DESIGN §3): collect the tree from the spec's sources, write the
+//! filesystem into the output, then the manifest and Hydra products; atomically.
+#![forbid(unsafe_code)]
+
+mod demo;
+pub mod spec;
+
+use anyhow::{anyhow, bail, Context, Result};
+use mdi_ident::{Seed, Uuid};
+use mdi_sink::RawSink;
+use mdi_tree::{scan_host, Meta, ScanOptions, Timestamp, Tree};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use spec::{DiskSize, Spec};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+/// The seed used when the spec gives none (a fixed value: images are reproducible by
+/// default).
+pub const DEFAULT_SEED: &str = "6b1ad0a7-9d4e-4e5b-8a8f-6d6b2d1f2a10";
+
+/// Run-time context that is not part of the spec (it must not change the bytes).
+#[derive(Clone, Default)]
+pub struct RunContext {
+    /// Set by a Ctrl-C handler.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// File bytes read so far, for progress display.
+    pub progress: Option<Arc<AtomicU64>>,
+}
+
+/// What a build produced.
+pub struct Outcome {
+    /// Final image path.
+    pub image: PathBuf,
+    /// The manifest written to OUT/manifest.json.
+    pub manifest: serde_json::Value,
+}
+
+/// SOURCE_DATE_EPOCH: the spec's value, else the environment's, else 1 (nixpkgs' store
+/// timestamp).
+pub fn source_date_epoch(spec: &Spec) -> Result<i64> {
+    if let Some(t) = spec.source_date_epoch {
+        return Ok(t);
+    }
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v.trim().parse().map_err(|_| anyhow!("SOURCE_DATE_EPOCH='{v}' is not a whole number of seconds; unset it or fix it")),
+        _ => Ok(1),
+    }
+}
+
+fn parse_id(v: &serde_json::Value, what: &str) -> Result<u32> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| anyhow!("{what} {n} is not a valid numeric id")),
+        serde_json::Value::String(s) if s == "root" => Ok(0),
+        serde_json::Value::String(s) => s.parse::<u32>().map_err(|_| {
+            anyhow!("{what} '{s}' cannot be resolved: there is no user database to look names up in at build time; give the numeric id instead")
+        }),
+        v => bail!("{what} {v} is not a user/group name or number"),
+    }
+}
+
+fn parse_mode(v: &serde_json::Value) -> Result<u16> {
+    let s = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        v => bail!("mode {v} is not an octal mode like \"0644\""),
+    };
+    u16::from_str_radix(s.trim_start_matches("0o"), 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| anyhow!("mode '{s}' is not an octal mode like \"0644\""))
+}
+
+/// Collects the tree the root filesystem is made of.
+pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
+    let dir_meta = Meta::root(0o755, Timestamp::from_secs(sde));
+    let closure = match &spec.closure_info {
+        Some(dir) => Some(mdi_nix::ClosureInfo::load(dir)?),
+        None => None,
+    };
+    if spec.only_nix_store {
+        let info = closure.expect("validated: onlyNixStore has closureInfo");
+        return Ok(mdi_nix::store_only_tree(&info, &spec.store_root, sde, sde)?);
+    }
+    let mut tree = match &spec.root_dir {
+        Some(root) => {
+            let md = std::fs::metadata(root).with_context(|| format!("rootDir '{}' cannot be read; give an existing folder", root.display()))?;
+            if !md.is_dir() {
+                bail!("rootDir '{}' is not a folder; give the folder to use as the root filesystem", root.display());
+            }
+            scan_host(root, &ScanOptions { clamp: sde, keep_owner: true, keep_xattrs: true })
+                .with_context(|| format!("reading rootDir '{}'", root.display()))?
+        }
+        None => Tree::new(dir_meta.clone()),
+    };
+    if let Some(info) = &closure {
+        let (store, _) = tree.make_parents(b"/nix/store/x", &dir_meta)?;
+        mdi_nix::add_store_paths(&mut tree, store, &info.store_paths, &spec.store_root, sde)?;
+    }
+    for (i, c) in spec.contents.iter().enumerate() {
+        add_content(&mut tree, c, sde, &dir_meta).with_context(|| format!("contents[{i}] (source '{}', target '{}')", c.source.display(), c.target))?;
+    }
+    if spec.root_dir.is_none() && closure.is_none() && spec.contents.is_empty() && spec.system.is_none() {
+        return Ok(demo::tree(sde));
+    }
+    tree.finish();
+    Ok(tree)
+}
+
+fn add_content(tree: &mut Tree, c: &spec::ContentEntry, sde: i64, dir_meta: &Meta) -> Result<()> {
+    if !c.target.starts_with('/') {
+        bail!("target '{}' must be an absolute path in the image, e.g. /etc/foo", c.target);
+    }
+    let sub = scan_host(&c.source, &ScanOptions { clamp: sde, keep_owner: false, keep_xattrs: false })?;
+    let (parent, name) = tree.make_parents(c.target.as_bytes(), dir_meta)?;
+    let id = tree.graft(parent, &name, sub)?;
+    if let Some(m) = &c.mode {
+        let m = parse_mode(m)?;
+        tree.get_mut(id).meta.perm = m;
+    }
+    if let (Some(u), Some(g)) = (&c.user, &c.group) {
+        let (uid, gid) = (parse_id(u, "user")?, parse_id(g, "group")?);
+        tree.for_each_below(id, |e| {
+            e.meta.uid = uid;
+            e.meta.gid = gid;
+        });
+    }
+    Ok(())
+}
+
+/// Runs a whole build into `out_dir`.
+pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
+    if spec.format != "raw" {
+        bail!("format '{}' is not implemented yet (only raw is); use --format raw", spec.format);
+    }
+    if spec.partition_table_type != "none" {
+        bail!("partitionTableType '{}' is not implemented yet; use --partition-table-type none", spec.partition_table_type);
+    }
+    if spec.fs_type != "ext4" {
+        bail!("fsType '{}' is not implemented yet; use ext4", spec.fs_type);
+    }
+    let sde = source_date_epoch(spec)?;
+    let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
+    let tree = collect(spec, sde)?;
+
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create output folder '{}'; choose a writable folder with -o", out_dir.display()))?;
+    let out_dir = out_dir.canonicalize().with_context(|| format!("output folder '{}'", out_dir.display()))?;
+    let file_name = format!("{}.{}", spec.base_name, spec.extension());
+    let final_path = out_dir.join(&file_name);
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{file_name}."))
+        .suffix(".partial")
+        .tempfile_in(&out_dir)
+        .with_context(|| format!("output folder '{}' is not writable; choose another with -o", out_dir.display()))?;
+
+    let fs_uuid = match &spec.root_fsuid {
+        Some(u) => Uuid::parse(u)?,
+        None if spec.only_nix_store => seed.uuid(b"nix-store-fs-uuid"),
+        None => Uuid::parse(&spec.root_gpuid)?,
+    };
+    let label = spec.label.clone().unwrap_or_else(|| if spec.only_nix_store { "nix-store".into() } else { "nixos".into() });
+    let size = match spec.disk_size()? {
+        DiskSize::Auto => mdi_ext4::SizeRequest::Auto { extra_bytes: spec.additional_space()?, align_bytes: 1 << 20 },
+        DiskSize::Bytes(b) => mdi_ext4::SizeRequest::Fixed { bytes: b },
+    };
+    let opts = mdi_ext4::Options {
+        size,
+        uuid: fs_uuid.0,
+        hash_seed: seed.uuid(b"ext4-hash-seed").0,
+        label: label.as_bytes().to_vec(),
+        time: sde,
+        cancel: ctx.cancel.clone(),
+        progress: ctx.progress.clone(),
+    };
+    let file = tmp.as_file().try_clone().context("output file")?;
+    let mut sink = RawSink::new(file);
+    let report = mdi_ext4::write(&tree, &opts, &mut sink).map_err(|e| match e {
+        mdi_ext4::Error::TooSmall { need, have } => anyhow!(
+            "diskSize is too small: the image needs at least {need} bytes ({} MiB) but diskSize gives {have} bytes; set diskSize to at least {} or to \"auto\"",
+            need.div_ceil(1 << 20),
+            need.div_ceil(1 << 20)
+        ),
+        e => anyhow::Error::new(e),
+    })?;
+    let disk_bytes = report.bytes;
+    sink.finish(disk_bytes).context("finishing the image file")?;
+    let sha256 = sha256_file(tmp.path())?;
+
+    let manifest = json!({
+        "tool": "make-disk-image",
+        "version": env!("CARGO_PKG_VERSION"),
+        "image": {
+            "file": file_name,
+            "format": spec.format,
+            "virtualSize": disk_bytes,
+            "sha256": sha256,
+        },
+        "partitionTableType": spec.partition_table_type,
+        "partitions": [],
+        "filesystems": [{
+            "role": "root",
+            "type": "ext4",
+            "offset": 0,
+            "size": report.bytes,
+            "uuid": fs_uuid.to_string(),
+            "label": label,
+            "blocks": report.blocks,
+            "freeBlocks": report.free_blocks,
+            "inodes": report.inodes,
+            "freeInodes": report.free_inodes,
+            "groups": report.groups,
+            "dataBytes": report.data_bytes,
+        }],
+        "sourceDateEpoch": sde,
+        "spec": spec,
+    });
+    let write_small = |name: &str, text: String| -> Result<()> {
+        let p = out_dir.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let t = tempfile::NamedTempFile::new_in(p.parent().unwrap_or(&out_dir))?;
+        std::fs::write(t.path(), text)?;
+        std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        t.persist(&p).map_err(|e| e.error)?;
+        Ok(())
+    };
+    let fmt_name = if spec.format == "qcow2-compressed" { "qcow2" } else { spec.format.as_str() };
+    write_small("manifest.json", serde_json::to_string_pretty(&manifest)? + "\n")?;
+    write_small("nix-support/hydra-build-products", format!("file {fmt_name}-image {}\n", final_path.display()))?;
+    // tempfile creates 0600; an image is an ordinary build product.
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    tmp.persist(&final_path).map_err(|e| anyhow!("cannot move the image to '{}': {}", final_path.display(), e.error))?;
+    if let Some(script) = &spec.post_vm {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("diskImage", &final_path)
+            .env("out", &out_dir)
+            .current_dir(&out_dir)
+            .status()
+            .context("running postVM")?;
+        if !status.success() {
+            bail!("postVM exited with {status}");
+        }
+    }
+    Ok(Outcome { image: final_path, manifest })
+}
+
+fn sha256_file(p: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}

@@ -1,0 +1,426 @@
+//! The build spec (DESIGN §2.2): JSON keys named after nixpkgs' arguments, every key also
+//! a kebab-case flag. Unknown keys and values are errors that name the nearest valid one.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+
+/// Every key the spec accepts, in the order of DESIGN §2.2 (plus nixpkgs arguments we
+/// accept for compatibility and ignore: name, memSize).
+pub const KEYS: &[&str] = &[
+    "format",
+    "formatOptions",
+    "partitionTableType",
+    "diskSize",
+    "additionalSpace",
+    "bootSize",
+    "fsType",
+    "label",
+    "onlyNixStore",
+    "closureInfo",
+    "storeRoot",
+    "system",
+    "contents",
+    "rootDir",
+    "additionalPaths",
+    "installBootLoader",
+    "bootLoader",
+    "systemdBoot",
+    "grub",
+    "grubMkimage",
+    "touchEFIVars",
+    "efiVariables",
+    "configFile",
+    "copyChannel",
+    "channel",
+    "deterministic",
+    "rootGPUID",
+    "rootFSUID",
+    "seed",
+    "sourceDateEpoch",
+    "baseName",
+    "postVM",
+    "name",
+    "memSize",
+];
+
+/// One `contents` entry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContentEntry {
+    /// Host path of a file or folder.
+    pub source: PathBuf,
+    /// Absolute path in the image.
+    pub target: String,
+    /// Octal mode for the target (string "0644" or number).
+    #[serde(default)]
+    pub mode: Option<Value>,
+    /// Owner: number or "root".
+    #[serde(default)]
+    pub user: Option<Value>,
+    /// Group: number or "root".
+    #[serde(default)]
+    pub group: Option<Value>,
+}
+
+/// The resolved spec (defaults filled in).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spec {
+    #[serde(default = "d_format")]
+    pub format: String,
+    #[serde(default)]
+    pub format_options: Map<String, Value>,
+    #[serde(default = "d_ptt")]
+    pub partition_table_type: String,
+    #[serde(default = "d_auto")]
+    pub disk_size: Value,
+    #[serde(default = "d_additional")]
+    pub additional_space: Value,
+    #[serde(default = "d_boot")]
+    pub boot_size: Value,
+    #[serde(default = "d_ext4")]
+    pub fs_type: String,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub only_nix_store: bool,
+    #[serde(default)]
+    pub closure_info: Option<PathBuf>,
+    #[serde(default = "d_store_root")]
+    pub store_root: PathBuf,
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub contents: Vec<ContentEntry>,
+    #[serde(default)]
+    pub root_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub additional_paths: Vec<String>,
+    #[serde(default)]
+    pub install_boot_loader: Option<bool>,
+    #[serde(default)]
+    pub boot_loader: Option<String>,
+    #[serde(default)]
+    pub systemd_boot: Option<PathBuf>,
+    #[serde(default)]
+    pub grub: Option<PathBuf>,
+    #[serde(default)]
+    pub grub_mkimage: Option<PathBuf>,
+    #[serde(default, rename = "touchEFIVars")]
+    pub touch_efi_vars: bool,
+    #[serde(default)]
+    pub efi_variables: Option<PathBuf>,
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
+    #[serde(default)]
+    pub copy_channel: bool,
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default = "d_true")]
+    pub deterministic: bool,
+    #[serde(default = "d_root_guid", rename = "rootGPUID")]
+    pub root_gpuid: String,
+    #[serde(default, rename = "rootFSUID")]
+    pub root_fsuid: Option<String>,
+    #[serde(default)]
+    pub seed: Option<String>,
+    #[serde(default)]
+    pub source_date_epoch: Option<i64>,
+    #[serde(default = "d_base")]
+    pub base_name: String,
+    #[serde(default, rename = "postVM")]
+    pub post_vm: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub mem_size: Option<Value>,
+}
+
+fn d_format() -> String {
+    "raw".into()
+}
+fn d_ptt() -> String {
+    "legacy".into()
+}
+fn d_auto() -> Value {
+    Value::String("auto".into())
+}
+fn d_additional() -> Value {
+    Value::String("512M".into())
+}
+fn d_boot() -> Value {
+    Value::String("256M".into())
+}
+fn d_ext4() -> String {
+    "ext4".into()
+}
+fn d_store_root() -> PathBuf {
+    PathBuf::from("/")
+}
+fn d_true() -> bool {
+    true
+}
+fn d_base() -> String {
+    "nixos".into()
+}
+/// nixpkgs' default root partition GUID (and ext4 UUID).
+pub const NIXPKGS_ROOT_GUID: &str = "F222513B-DED1-49FA-B591-20CE86A2FE7F";
+fn d_root_guid() -> String {
+    NIXPKGS_ROOT_GUID.into()
+}
+
+/// Spec errors (DESIGN §8): each names the input and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("unknown spec key '{key}'{}; valid keys: {}", suggest(.nearest), KEYS.join(", "))]
+    UnknownKey { key: String, nearest: Option<String> },
+    #[error("unknown flag '--{flag}'{}", suggest(&.nearest.as_ref().map(|n| format!("--{}", kebab(n)))))]
+    UnknownFlag { flag: String, nearest: Option<String> },
+    #[error("spec key '{key}': {what}")]
+    BadValue { key: String, what: String },
+    #[error("cannot read spec '{path}': {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("spec '{path}' is not valid JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+}
+
+fn suggest(n: &Option<String>) -> String {
+    match n {
+        Some(n) => format!(" (did you mean '{n}'?)"),
+        None => String::new(),
+    }
+}
+
+/// camelCase → kebab-case (`partitionTableType` → `partition-table-type`, `rootGPUID` →
+/// `root-gpuid`, `touchEFIVars` → `touch-efi-vars`, `postVM` → `post-vm`).
+pub fn kebab(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() {
+            let prev_lower = i > 0 && chars[i - 1].is_ascii_lowercase();
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            let prev_upper = i > 0 && chars[i - 1].is_ascii_uppercase();
+            if i > 0 && (prev_lower || (prev_upper && next_lower)) {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The spec key for a flag name, if any.
+pub fn key_for_flag(flag: &str) -> Option<&'static str> {
+    KEYS.iter().copied().find(|k| kebab(k) == flag)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.to_lowercase().chars().collect();
+    let b: Vec<char> = b.to_lowercase().chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let sub = prev[j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = sub.min(prev[j] + 1).min(cur[j - 1] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest of `options` to `word`, when reasonably close.
+pub fn nearest(word: &str, options: &[&str]) -> Option<String> {
+    options
+        .iter()
+        .map(|o| (edit_distance(word, o), *o))
+        .min()
+        .filter(|(d, o)| *d <= (o.len() / 2).max(2))
+        .map(|(_, o)| o.to_string())
+}
+
+/// Checks keys, then deserializes with defaults.
+pub fn from_map(map: Map<String, Value>) -> Result<Spec, SpecError> {
+    for k in map.keys() {
+        if !KEYS.contains(&k.as_str()) {
+            return Err(SpecError::UnknownKey { key: k.clone(), nearest: nearest(k, KEYS) });
+        }
+    }
+    let spec: Spec = serde_json::from_value(Value::Object(map)).map_err(|e| {
+        let msg = e.to_string();
+        SpecError::BadValue { key: msg.split('`').nth(1).unwrap_or("spec").to_string(), what: msg }
+    })?;
+    spec.validate()?;
+    Ok(spec)
+}
+
+fn one_of(key: &str, v: &str, allowed: &[&str]) -> Result<(), SpecError> {
+    if allowed.contains(&v) {
+        return Ok(());
+    }
+    Err(SpecError::BadValue {
+        key: key.into(),
+        what: format!("'{v}' is not one of {}{}", allowed.join(", "), suggest(&nearest(v, allowed))),
+    })
+}
+
+/// Parses an IEC size as numfmt --from=iec does: plain bytes or K/M/G/T/P/E suffixes
+/// (powers of 1024, optional trailing "iB"/"B").
+pub fn parse_iec(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let t = s.trim_end_matches("iB").trim_end_matches('B');
+    let (num, mult) = match t.chars().last()? {
+        'K' | 'k' => (&t[..t.len() - 1], 1u64 << 10),
+        'M' | 'm' => (&t[..t.len() - 1], 1 << 20),
+        'G' | 'g' => (&t[..t.len() - 1], 1 << 30),
+        'T' | 't' => (&t[..t.len() - 1], 1 << 40),
+        'P' | 'p' => (&t[..t.len() - 1], 1 << 50),
+        'E' | 'e' => (&t[..t.len() - 1], 1 << 60),
+        _ => (t, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// Disk size as requested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskSize {
+    /// Computed.
+    Auto,
+    /// Bytes.
+    Bytes(u64),
+}
+
+impl Spec {
+    fn validate(&self) -> Result<(), SpecError> {
+        one_of("format", &self.format, &["raw", "qcow2", "qcow2-compressed", "vdi", "vpc", "vmdk", "vhdx"])?;
+        one_of("partitionTableType", &self.partition_table_type, &["none", "legacy", "legacy+boot", "legacy+gpt", "efi", "efixbootldr", "hybrid"])?;
+        one_of("fsType", &self.fs_type, &["ext4", "btrfs", "xfs", "erofs", "squashfs", "vfat"])?;
+        self.disk_size()?;
+        self.additional_space()?;
+        if self.base_name.is_empty() || self.base_name.contains('/') || self.base_name.starts_with('.') {
+            return Err(SpecError::BadValue { key: "baseName".into(), what: format!("'{}' must be a plain file name", self.base_name) });
+        }
+        if let Some(l) = &self.label {
+            if l.len() > 16 {
+                return Err(SpecError::BadValue { key: "label".into(), what: format!("'{l}' is longer than ext4's 16 bytes") });
+            }
+        }
+        // nixpkgs' assertions (reference §2): onlyNixStore excludes contents, configFile
+        // and boot loader installation.
+        if self.only_nix_store {
+            if !self.contents.is_empty() {
+                return Err(SpecError::BadValue { key: "contents".into(), what: "onlyNixStore images hold only the store; remove contents or set onlyNixStore = false".into() });
+            }
+            if self.config_file.is_some() {
+                return Err(SpecError::BadValue { key: "configFile".into(), what: "onlyNixStore images have no /etc; remove configFile or set onlyNixStore = false".into() });
+            }
+            if self.install_boot_loader == Some(true) {
+                return Err(SpecError::BadValue { key: "installBootLoader".into(), what: "onlyNixStore images have no boot loader; set installBootLoader = false".into() });
+            }
+            if self.closure_info.is_none() {
+                return Err(SpecError::BadValue { key: "closureInfo".into(), what: "onlyNixStore needs closureInfo (a folder with store-paths and registration)".into() });
+            }
+        }
+        if self.partition_table_type != "none" && self.fs_type != "ext4" {
+            return Err(SpecError::BadValue { key: "fsType".into(), what: "partitioned layouts need fsType ext4 (as in nixpkgs)".into() });
+        }
+        if self.touch_efi_vars && !["hybrid", "efi", "efixbootldr", "legacy+gpt"].contains(&self.partition_table_type.as_str()) {
+            return Err(SpecError::BadValue { key: "touchEFIVars".into(), what: format!("needs a GPT layout (efi, efixbootldr, hybrid, legacy+gpt), not '{}'", self.partition_table_type) });
+        }
+        for (i, c) in self.contents.iter().enumerate() {
+            if c.user.is_some() != c.group.is_some() {
+                return Err(SpecError::BadValue { key: format!("contents[{i}]"), what: "set both user and group, or neither (as nixpkgs requires)".into() });
+            }
+        }
+        if let Some(s) = &self.seed {
+            mdi_ident::Uuid::parse(s).map_err(|e| SpecError::BadValue { key: "seed".into(), what: e.to_string() })?;
+        }
+        mdi_ident::Uuid::parse(&self.root_gpuid).map_err(|e| SpecError::BadValue { key: "rootGPUID".into(), what: e.to_string() })?;
+        if let Some(s) = &self.root_fsuid {
+            mdi_ident::Uuid::parse(s).map_err(|e| SpecError::BadValue { key: "rootFSUID".into(), what: e.to_string() })?;
+        }
+        Ok(())
+    }
+
+    /// diskSize: "auto", a number of MiB, or an IEC string.
+    pub fn disk_size(&self) -> Result<DiskSize, SpecError> {
+        let bad = |what: String| SpecError::BadValue { key: "diskSize".into(), what };
+        match &self.disk_size {
+            Value::String(s) if s == "auto" => Ok(DiskSize::Auto),
+            Value::Number(n) => n.as_u64().map(|m| DiskSize::Bytes(m << 20)).ok_or_else(|| bad(format!("{n} is not a whole number of MiB"))),
+            Value::String(s) => match s.parse::<u64>() {
+                Ok(m) => Ok(DiskSize::Bytes(m << 20)),
+                Err(_) => parse_iec(s).map(DiskSize::Bytes).ok_or_else(|| bad(format!("'{s}' is not \"auto\", a number of MiB or a size like 4G"))),
+            },
+            v => Err(bad(format!("{v} is not \"auto\" or a size"))),
+        }
+    }
+
+    /// additionalSpace in bytes (numfmt --from=iec: a bare number is bytes).
+    pub fn additional_space(&self) -> Result<u64, SpecError> {
+        let bad = |what: String| SpecError::BadValue { key: "additionalSpace".into(), what };
+        match &self.additional_space {
+            Value::Number(n) => n.as_u64().ok_or_else(|| bad(format!("{n} is not a size"))),
+            Value::String(s) => parse_iec(s).ok_or_else(|| bad(format!("'{s}' is not a size like 512M"))),
+            v => Err(bad(format!("{v} is not a size"))),
+        }
+    }
+
+    /// The output file extension for the format (DESIGN §2.1).
+    pub fn extension(&self) -> &'static str {
+        match self.format.as_str() {
+            "raw" => "img",
+            "qcow2" | "qcow2-compressed" => "qcow2",
+            "vdi" => "vdi",
+            "vpc" => "vhd",
+            "vmdk" => "vmdk",
+            _ => "vhdx",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kebab_names() {
+        assert_eq!(kebab("partitionTableType"), "partition-table-type");
+        assert_eq!(kebab("rootGPUID"), "root-gpuid");
+        assert_eq!(kebab("touchEFIVars"), "touch-efi-vars");
+        assert_eq!(kebab("postVM"), "post-vm");
+        assert_eq!(kebab("rootFSUID"), "root-fsuid");
+        for k in KEYS {
+            assert_eq!(key_for_flag(&kebab(k)), Some(*k));
+        }
+    }
+
+    #[test]
+    fn unknown_key_suggests() {
+        let mut m = Map::new();
+        m.insert("diskSise".into(), Value::String("auto".into()));
+        let e = from_map(m).unwrap_err().to_string();
+        assert!(e.contains("did you mean 'diskSize'"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_suggests() {
+        let mut m = Map::new();
+        m.insert("format".into(), Value::String("qcow".into()));
+        let e = from_map(m).unwrap_err().to_string();
+        assert!(e.contains("did you mean 'qcow2'"), "{e}");
+    }
+
+    #[test]
+    fn iec() {
+        assert_eq!(parse_iec("512M"), Some(512 << 20));
+        assert_eq!(parse_iec("1G"), Some(1 << 30));
+        assert_eq!(parse_iec("4096"), Some(4096));
+        assert_eq!(parse_iec("1GiB"), Some(1 << 30));
+        assert_eq!(parse_iec("x"), None);
+    }
+}

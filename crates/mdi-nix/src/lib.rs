@@ -1,0 +1,214 @@
+//! Everything the builder knows about Nix lives here: the closureInfo folder
+//! (`store-paths`, `registration`, nixpkgs' format), store paths read from a store root
+//! (a Nix "chroot store": path P is at storeRoot + P), and how they enter the image tree.
+#![forbid(unsafe_code)]
+
+use mdi_tree::{scan_host, Meta, ScanOptions, Timestamp, Tree, TreeError, ROOT};
+use rayon::prelude::*;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The store directory every path must be under.
+pub const STORE_DIR: &str = "/nix/store";
+
+/// Errors reading Nix inputs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NixError {
+    /// A closureInfo file is missing or unreadable.
+    #[error("cannot read '{path}': {source}; closureInfo must be a folder made by nixpkgs' closureInfo (store-paths, registration)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A line of `registration` is not what nixpkgs' closureInfo writes.
+    #[error("{file}:{line}: {what}")]
+    Registration {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What was expected.
+        what: String,
+    },
+    /// A listed store path is not a valid store path name.
+    #[error("{file}:{line}: '{path}' is not a store path under /nix/store")]
+    BadStorePath {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The text.
+        path: String,
+    },
+    /// A store path is listed but not present under the store root.
+    #[error("store path '{path}' is listed in the closure but '{}' does not exist; set storeRoot to the folder that holds nix/store (a chroot store), or build the closure first", .physical.display())]
+    Missing {
+        /// The store path.
+        path: String,
+        /// Where it was looked for.
+        physical: PathBuf,
+    },
+    /// Scanning a store path failed.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+}
+
+/// One path's registration record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// The store path.
+    pub path: String,
+    /// NAR hash as written (`sha256:<base32>` or base16 or SRI).
+    pub nar_hash: String,
+    /// NAR size in bytes.
+    pub nar_size: u64,
+    /// Deriver path, if any.
+    pub deriver: Option<String>,
+    /// References (sorted, self included when self-referencing).
+    pub references: Vec<String>,
+}
+
+/// A parsed closureInfo folder.
+#[derive(Clone, Debug)]
+pub struct ClosureInfo {
+    /// Every store path of the closure, in file order (sorted by Nix).
+    pub store_paths: Vec<String>,
+    /// Registration records, in file order.
+    pub registrations: Vec<Registration>,
+}
+
+fn read(path: &Path) -> Result<String, NixError> {
+    std::fs::read_to_string(path).map_err(|source| NixError::Read { path: path.to_path_buf(), source })
+}
+
+fn check_store_path(file: &Path, line: usize, p: &str) -> Result<(), NixError> {
+    let name = p.strip_prefix("/nix/store/").unwrap_or("");
+    let ok = name.len() > 33
+        && name.as_bytes()[32] == b'-'
+        && !name.contains('/')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(NixError::BadStorePath { file: file.to_path_buf(), line, path: p.to_string() })
+    }
+}
+
+impl ClosureInfo {
+    /// Reads `dir/store-paths` and `dir/registration`.
+    pub fn load(dir: &Path) -> Result<Self, NixError> {
+        let sp_file = dir.join("store-paths");
+        let store_paths_text = read(&sp_file)?;
+        let mut store_paths = Vec::new();
+        for (i, l) in store_paths_text.lines().enumerate() {
+            if l.is_empty() {
+                continue;
+            }
+            check_store_path(&sp_file, i + 1, l)?;
+            store_paths.push(l.to_string());
+        }
+        let reg_file = dir.join("registration");
+        let registrations = parse_registration(&reg_file, &read(&reg_file)?)?;
+        Ok(ClosureInfo { store_paths, registrations })
+    }
+}
+
+/// Parses the `nix-store --load-db` format: per path its name, hash, size, deriver (may
+/// be empty), reference count and references, one value per line.
+pub fn parse_registration(file: &Path, text: &str) -> Result<Vec<Registration>, NixError> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    let mut out = Vec::new();
+    let err = |line: usize, what: &str| NixError::Registration { file: file.to_path_buf(), line, what: what.to_string() };
+    while i < lines.len() {
+        if lines[i].is_empty() {
+            break; // Nix stops at a blank line too.
+        }
+        let path = lines[i];
+        check_store_path(file, i + 1, path)?;
+        let hash = *lines.get(i + 1).ok_or_else(|| err(i + 2, "missing NAR hash"))?;
+        if hash.is_empty() || !(hash.starts_with("sha256:") || hash.starts_with("sha256-") || hash.len() == 64 || hash.len() == 52) {
+            return Err(err(i + 2, &format!("expected a NAR hash like sha256:<52 base32 chars>, found '{hash}'")));
+        }
+        let size_s = *lines.get(i + 2).ok_or_else(|| err(i + 3, "missing NAR size"))?;
+        let nar_size = size_s.parse::<u64>().map_err(|_| err(i + 3, &format!("expected a NAR size (decimal), found '{size_s}'")))?;
+        let deriver = *lines.get(i + 3).ok_or_else(|| err(i + 4, "missing deriver line (may be empty)"))?;
+        let n_s = *lines.get(i + 4).ok_or_else(|| err(i + 5, "missing reference count"))?;
+        let n = n_s.parse::<usize>().map_err(|_| err(i + 5, &format!("expected a reference count, found '{n_s}'")))?;
+        let mut references = Vec::with_capacity(n);
+        for k in 0..n {
+            let r = *lines.get(i + 5 + k).ok_or_else(|| err(i + 6 + k, "missing reference"))?;
+            check_store_path(file, i + 6 + k, r)?;
+            references.push(r.to_string());
+        }
+        out.push(Registration {
+            path: path.to_string(),
+            nar_hash: hash.to_string(),
+            nar_size,
+            deriver: (!deriver.is_empty()).then(|| deriver.to_string()),
+            references,
+        });
+        i += 5 + n;
+    }
+    Ok(out)
+}
+
+/// Reads every store path (in parallel) from `store_root` and puts it into `tree` below
+/// `dir` under its base name, with Nix's canonical ownership (0:0) and no xattrs.
+pub fn add_store_paths(tree: &mut Tree, dir: u32, paths: &[String], store_root: &Path, clamp: i64) -> Result<(), NixError> {
+    let opts = ScanOptions { clamp, keep_owner: false, keep_xattrs: false };
+    let scanned: Vec<Result<(Vec<u8>, Tree), NixError>> = paths
+        .par_iter()
+        .map(|p| {
+            let physical = store_root.join(p.trim_start_matches('/'));
+            if std::fs::symlink_metadata(&physical).is_err() {
+                return Err(NixError::Missing { path: p.clone(), physical });
+            }
+            let name = Path::new(p).file_name().expect("checked store path").as_bytes().to_vec();
+            Ok((name, scan_host(&physical, &opts)?))
+        })
+        .collect();
+    for s in scanned {
+        let (name, sub) = s?;
+        tree.graft(dir, &name, sub)?;
+    }
+    Ok(())
+}
+
+/// The tree of a store-only image (onlyNixStore): the store paths at the root.
+pub fn store_only_tree(info: &ClosureInfo, store_root: &Path, clamp: i64, time: i64) -> Result<Tree, NixError> {
+    let mut tree = Tree::new(Meta::root(0o755, Timestamp::from_secs(time)));
+    add_store_paths(&mut tree, ROOT, &info.store_paths, store_root, clamp)?;
+    tree.finish();
+    Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P1: &str = "/nix/store/00000000000000000000000000000000-a";
+    const P2: &str = "/nix/store/11111111111111111111111111111111-b";
+
+    #[test]
+    fn parses_registration() {
+        let text = format!("{P1}\nsha256:{}\n120\n\n1\n{P2}\n{P2}\nsha256:{}\n8\n\n0\n", "0".repeat(52), "1".repeat(52));
+        let r = parse_registration(Path::new("r"), &text).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].references, vec![P2.to_string()]);
+        assert_eq!(r[1].nar_size, 8);
+        assert_eq!(r[1].deriver, None);
+    }
+
+    #[test]
+    fn registration_errors_name_the_line() {
+        let text = format!("{P1}\nsha256:{}\nbig\n\n0\n", "0".repeat(52));
+        let e = parse_registration(Path::new("reg"), &text).unwrap_err().to_string();
+        assert!(e.starts_with("reg:3:"), "{e}");
+        let e = parse_registration(Path::new("reg"), "/etc/passwd\n").unwrap_err().to_string();
+        assert!(e.contains("reg:1"), "{e}");
+    }
+}

@@ -1,0 +1,144 @@
+//! The one I/O seam between writers (filesystems, partition tables) and the output.
+//!
+//! Writers describe the disk as "these bytes at this offset"; a sink turns that into a raw
+//! sparse file or (later) a container format. Contract: every byte range is written at most
+//! once, and a range never written reads as zeros, so a sink is free to drop all-zero data
+//! (it becomes a hole in a raw file, an unallocated cluster in qcow2).
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Where image bytes go.
+pub trait Sink: Send {
+    /// Writes `data` at byte `offset` of the virtual disk.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+}
+
+/// Granularity at which all-zero data is dropped.
+const ZERO_GRAIN: usize = 4096;
+
+/// A raw image in a sparse file: zero runs are never written, so they stay holes.
+pub struct RawSink {
+    file: File,
+    written: u64,
+}
+
+impl RawSink {
+    /// Wraps a freshly created, empty file.
+    pub fn new(file: File) -> Self {
+        RawSink { file, written: 0 }
+    }
+
+    /// Sets the final length (the tail becomes a hole), flushes and returns the file.
+    pub fn finish(self, len: u64) -> io::Result<File> {
+        self.file.set_len(len)?;
+        self.file.sync_all()?;
+        Ok(self.file)
+    }
+
+    /// Bytes actually written (non-zero data).
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+}
+
+impl Sink for RawSink {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        // Write maximal runs of non-zero grains; skip zero grains.
+        let mut i = 0;
+        while i < data.len() {
+            while i < data.len() && is_zero(&data[i..(i + ZERO_GRAIN).min(data.len())]) {
+                i += ZERO_GRAIN;
+            }
+            if i >= data.len() {
+                break;
+            }
+            let start = i;
+            while i < data.len() && !is_zero(&data[i..(i + ZERO_GRAIN).min(data.len())]) {
+                i += ZERO_GRAIN;
+            }
+            let end = i.min(data.len());
+            self.file.write_all_at(&data[start..end], offset + start as u64)?;
+            self.written += (end - start) as u64;
+        }
+        Ok(())
+    }
+}
+
+/// True when every byte is zero (word-at-a-time; this runs over every output byte).
+pub fn is_zero(buf: &[u8]) -> bool {
+    let (head, body) = buf.split_at(buf.len() % 16);
+    head.iter().all(|&b| b == 0)
+        && body.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
+}
+
+/// A sink that keeps everything in memory (tests and small images).
+#[derive(Default)]
+pub struct MemSink {
+    /// The disk bytes.
+    pub data: Vec<u8>,
+}
+
+impl Sink for MemSink {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let end = offset as usize + data.len();
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        self.data[offset as usize..end].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// Shifts every write by a fixed offset (a partition inside a disk).
+pub struct OffsetSink<'a> {
+    /// The disk sink.
+    pub inner: &'a mut dyn Sink,
+    /// Byte offset of the partition.
+    pub offset: u64,
+}
+
+impl Sink for OffsetSink<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.inner.write_at(self.offset + offset, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0u8; 4096]));
+        let mut b = [0u8; 4097];
+        b[4096] = 1;
+        assert!(!is_zero(&b));
+        b[4096] = 0;
+        b[7] = 1;
+        assert!(!is_zero(&b));
+    }
+
+    #[test]
+    fn raw_sink_leaves_holes() {
+        let f = tempfile_in_tmp();
+        let mut s = RawSink::new(f.try_clone().unwrap());
+        let mut data = vec![0u8; 3 * 4096];
+        data[4096] = 9;
+        s.write_at(8192, &data).unwrap();
+        assert_eq!(s.bytes_written(), 4096);
+        let f = s.finish(1 << 20).unwrap();
+        let mut back = vec![0u8; 4096];
+        f.read_exact_at(&mut back, 8192 + 4096).unwrap();
+        assert_eq!(back[0], 9);
+    }
+
+    fn tempfile_in_tmp() -> File {
+        let p = std::env::temp_dir().join(format!("mdi-sink-test-{}", std::process::id()));
+        let f = File::options().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        f
+    }
+}
