@@ -564,15 +564,20 @@ fn size_and_place_tail(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Opt
             None => used_inodes + 16 + extra_blocks * BLOCK_SIZE / BYTES_PER_FREE_INODE,
         };
         let min_groups_for_inodes = wanted.div_ceil(MAX_INODES_PER_GROUP);
+        // The fewest blocks that give enough groups for the inodes.
+        let floor = match min_groups_for_inodes {
+            0 | 1 => 0,
+            g => (g - 1) * BLOCKS_PER_GROUP + head_len + 1024,
+        };
         if groups < min_groups_for_inodes {
-            if fixed.is_some() {
+            match fixed {
                 // Fewer inodes than the ratio asks for is fine as long as the tree fits.
-                if used_inodes + 16 > groups * MAX_INODES_PER_GROUP {
-                    return Err(too_small(base, used_inodes, head_len, opts, blocks));
+                Some(_) if used_inodes + 16 <= groups * MAX_INODES_PER_GROUP => {}
+                Some(_) => return Err(too_small(base, used_inodes, head_len, opts, blocks)),
+                None => {
+                    blocks = floor.next_multiple_of(align);
+                    continue;
                 }
-            } else {
-                blocks = (min_groups_for_inodes - 1) * BLOCKS_PER_GROUP + head_len + 1024;
-                continue;
             }
         }
         let ipg = wanted.div_ceil(groups).next_multiple_of(INODES_PER_BLOCK).clamp(INODES_PER_BLOCK, MAX_INODES_PER_GROUP);
@@ -604,7 +609,7 @@ fn size_and_place_tail(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Opt
                 f
             }
             None => {
-                let w = (end + extra_blocks).next_multiple_of(align);
+                let w = (end + extra_blocks).max(floor).next_multiple_of(align);
                 // A last group that is a backup group must hold more than its backup region.
                 let last_g = w.div_ceil(BLOCKS_PER_GROUP) - 1;
                 if last_g > 0 && has_super(last_g) && w - last_g * BLOCKS_PER_GROUP <= head_len {

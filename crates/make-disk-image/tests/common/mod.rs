@@ -1,0 +1,313 @@
+//! Shared test helpers: running the binary, the real oracles (e2fsck, the kernel via a
+//! loop mount, getfattr/getfacl, debugfs) and the Nix store corpus.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_make-disk-image")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY-free check: `id -u` is the portable way without libc calls in tests.
+    Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
+}
+
+/// Prints why a test does not run and returns true when it must skip.
+pub fn skip_unless_root(what: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("SKIP {what}: needs root (loop mount); CI runs as root");
+    true
+}
+
+pub fn tool_exists(t: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Runs `make-disk-image build` with args; panics with its stderr on failure.
+pub fn build(args: &[&OsStr]) -> Output {
+    let o = Command::new(bin()).arg("build").args(args).output().expect("run make-disk-image");
+    assert!(o.status.success(), "build failed: {}\n{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+    o
+}
+
+/// Runs `make-disk-image build` expecting failure; returns stderr.
+pub fn build_fails(args: &[&OsStr]) -> String {
+    let o = Command::new(bin()).arg("build").args(args).output().expect("run make-disk-image");
+    assert!(!o.status.success(), "build unexpectedly succeeded: {}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// `e2fsck -fn` must exit 0 and print nothing but its pass headers and the summary.
+pub fn e2fsck_clean(img: &Path) {
+    let o = Command::new("e2fsck").arg("-fn").arg(img).output().expect("e2fsck (apt-get install e2fsprogs)");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let unexpected: Vec<&str> = out
+        .lines()
+        .chain(err.lines())
+        .filter(|l| !l.is_empty() && !l.starts_with("Pass ") && !l.starts_with("e2fsck ") && !is_summary(l))
+        .collect();
+    assert!(o.status.success() && unexpected.is_empty(), "e2fsck -fn {} complained (exit {:?}):\n{out}\n{err}", img.display(), o.status.code());
+}
+
+fn is_summary(l: &str) -> bool {
+    // "<label>: 20/32880 files (0.0% non-contiguous), 6766/137472 blocks"
+    l.contains(" files (") && l.ends_with(" blocks")
+}
+
+/// A read-only loop mount that is undone on drop.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+}
+
+impl Mount {
+    pub fn new(img: &Path) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Command::new("mount").args(["-o", "ro,loop", "-t", "ext4"]).arg(img).arg(dir.path()).output().unwrap();
+        assert!(o.status.success(), "kernel refused to mount {}: {}", img.display(), String::from_utf8_lossy(&o.stderr));
+        Mount { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub kind: &'static str,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub size: u64,
+    pub rdev: u64,
+    pub target: Option<Vec<u8>>,
+    pub sha256: Option<String>,
+    /// Non-zero 4 KiB blocks (files), which must be exactly the allocated data blocks.
+    pub data_blocks: u64,
+    pub st_blocks: u64,
+    pub ino: (u64, u64),
+}
+
+fn kind_of(md: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = md.file_type();
+    if t.is_dir() {
+        "dir"
+    } else if t.is_file() {
+        "file"
+    } else if t.is_symlink() {
+        "symlink"
+    } else if t.is_char_device() {
+        "chr"
+    } else if t.is_block_device() {
+        "blk"
+    } else if t.is_fifo() {
+        "fifo"
+    } else {
+        "sock"
+    }
+}
+
+fn file_digest(p: &Path) -> (String, u64) {
+    use std::io::Read;
+    let mut f = fs::File::open(p).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut nonzero = 0u64;
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        carry.extend_from_slice(&buf[..n]);
+        let whole = carry.len() / 4096 * 4096;
+        nonzero += carry[..whole].chunks(4096).filter(|c| c.iter().any(|&b| b != 0)).count() as u64;
+        carry.drain(..whole);
+    }
+    if carry.iter().any(|&b| b != 0) {
+        nonzero += 1;
+    }
+    (hex::encode(h.finalize()), nonzero)
+}
+
+/// Every entry below `root` (relative path → info), not following symlinks.
+pub fn scan(root: &Path, skip: &[&str]) -> BTreeMap<Vec<u8>, Info> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+        if skip.iter().any(|s| rel == s.as_bytes()) {
+            continue;
+        }
+        let kind = kind_of(&md);
+        let (sha256, data_blocks) = if kind == "file" {
+            let (d, n) = file_digest(&p);
+            (Some(d), n)
+        } else {
+            (None, 0)
+        };
+        out.insert(
+            rel,
+            Info {
+                kind,
+                perm: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: (md.mtime(), md.mtime_nsec()),
+                size: if kind == "dir" { 0 } else { md.size() },
+                rdev: md.rdev(),
+                target: (kind == "symlink").then(|| fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()),
+                sha256,
+                data_blocks,
+                st_blocks: md.blocks(),
+                ino: (md.dev(), md.ino()),
+            },
+        );
+        if md.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+/// Groups of paths that are one inode (only groups of two or more).
+fn link_groups(m: &BTreeMap<Vec<u8>, Info>) -> Vec<Vec<Vec<u8>>> {
+    let mut by: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
+    for (p, i) in m {
+        if i.kind != "dir" {
+            by.entry(i.ino).or_default().push(p.clone());
+        }
+    }
+    let mut g: Vec<Vec<Vec<u8>>> = by.into_values().filter(|v| v.len() > 1).collect();
+    g.sort();
+    g
+}
+
+pub struct Expect {
+    /// SOURCE_DATE_EPOCH the image was built with (mtimes clamp to it).
+    pub sde: i64,
+    /// Force owner (the Nix store is 0:0 whatever the source says).
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Compares a source tree with the mounted image, entry by entry.
+pub fn compare_trees(src: &Path, img: &Path, img_skip: &[&str], exp: &Expect) {
+    let a = scan(src, &[]);
+    let b = scan(img, img_skip);
+    let a_keys: Vec<_> = a.keys().collect();
+    let b_keys: Vec<_> = b.keys().collect();
+    if a_keys != b_keys {
+        let only_a: Vec<String> = a.keys().filter(|k| !b.contains_key(*k)).take(10).map(|k| String::from_utf8_lossy(k).into()).collect();
+        let only_b: Vec<String> = b.keys().filter(|k| !a.contains_key(*k)).take(10).map(|k| String::from_utf8_lossy(k).into()).collect();
+        panic!("entry sets differ: only in source {only_a:?}, only in image {only_b:?}");
+    }
+    for (p, s) in &a {
+        let i = &b[p];
+        let name = String::from_utf8_lossy(p);
+        assert_eq!(s.kind, i.kind, "{name}: type");
+        if !p.is_empty() {
+            assert_eq!(s.perm, i.perm, "{name}: mode");
+        }
+        let (uid, gid) = exp.owner.unwrap_or((s.uid, s.gid));
+        if !p.is_empty() {
+            assert_eq!((uid, gid), (i.uid, i.gid), "{name}: owner");
+            let want = if s.mtime.0 >= exp.sde { (exp.sde, 0) } else { s.mtime };
+            assert_eq!(want, i.mtime, "{name}: mtime");
+        }
+        assert_eq!(s.size, i.size, "{name}: apparent size");
+        assert_eq!(s.target, i.target, "{name}: symlink target");
+        assert_eq!(s.sha256, i.sha256, "{name}: content");
+        if s.kind == "chr" || s.kind == "blk" {
+            assert_eq!(s.rdev, i.rdev, "{name}: device number");
+        }
+        if s.kind == "file" {
+            // Holes are decided by content: allocated = non-zero blocks (+ extent-tree
+            // blocks for heavily fragmented files).
+            let data_sectors = s.data_blocks * 8;
+            assert!(
+                i.st_blocks >= data_sectors && i.st_blocks <= data_sectors + 8 * (1 + s.data_blocks / 300),
+                "{name}: allocated {} sectors for {} non-zero blocks",
+                i.st_blocks,
+                s.data_blocks
+            );
+        }
+    }
+    assert_eq!(link_groups(&a), link_groups(&b), "hard-link groups differ");
+}
+
+/// Output of a tool run in `dir` (for getfattr / getfacl comparisons).
+pub fn tool_in(dir: &Path, cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The per-file blocks of getfattr/getfacl output, sorted (the tools print in readdir
+/// order, which differs between filesystems).
+fn blocks(out: String) -> Vec<String> {
+    let mut v: Vec<String> = out.split("\n\n").filter(|b| !b.trim().is_empty()).map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+/// getfattr and getfacl see the same attributes and ACLs in both trees.
+pub fn compare_xattrs(src: &Path, img: &Path) {
+    let fa = |d: &Path| blocks(tool_in(d, "getfattr", &["-R", "-d", "-m", "-", "-h", "-e", "hex", "."]));
+    let acl = |d: &Path| blocks(tool_in(d, "getfacl", &["-R", "-P", "-n", "--skip-base", "."]));
+    assert_eq!(fa(src), fa(img), "getfattr output differs");
+    assert_eq!(acl(src), acl(img), "getfacl output differs");
+}
+
+/// The Nix store corpus (../shared/corpus), built once per test binary with real Nix.
+/// Returns None (after saying why) where it cannot be built.
+pub fn corpus(preset: &str) -> Option<PathBuf> {
+    static DIRS: OnceLock<std::sync::Mutex<BTreeMap<String, Option<PathBuf>>>> = OnceLock::new();
+    let m = DIRS.get_or_init(Default::default);
+    let mut g = m.lock().unwrap();
+    if let Some(v) = g.get(preset) {
+        return v.clone();
+    }
+    let r = build_corpus(preset);
+    g.insert(preset.to_string(), r.clone());
+    r
+}
+
+fn build_corpus(preset: &str) -> Option<PathBuf> {
+    if !is_root() || !tool_exists("nix-store") {
+        eprintln!("SKIP corpus '{preset}': needs root and nix-bin (apt-get install nix-bin jq); CI has both");
+        return None;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = repo.join("../shared/corpus/make-store-corpus");
+    let base = std::env::var_os("MDI_CORPUS_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("corpus"));
+    let out = base.join(preset);
+    let o = Command::new(&script).arg("--cache").arg(base.join("debs")).arg(&out).arg(preset).output().expect("run make-store-corpus");
+    assert!(o.status.success(), "make-store-corpus {preset} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    Some(out)
+}
