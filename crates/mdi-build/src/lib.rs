@@ -179,10 +179,15 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             need.div_ceil(1 << 20),
             need.div_ceil(1 << 20)
         ),
+        mdi_ext4::Error::Write(io) => anyhow!(
+            "cannot write the image in '{}': {io}; free space there or choose another output folder with -o",
+            out_dir.display()
+        ),
         e => anyhow::Error::new(e),
     })?;
     let disk_bytes = report.bytes;
-    sink.finish(disk_bytes).context("finishing the image file")?;
+    sink.finish(disk_bytes)
+        .with_context(|| format!("cannot finish the image in '{}'; free space there or choose another output folder with -o", out_dir.display()))?;
     let sha256 = sha256_file(tmp.path())?;
 
     let manifest = json!({
