@@ -18,11 +18,22 @@ fn make_tree(root: &Path, reverse: bool) {
     }
     fs::create_dir_all(root.join("sub/deeper")).unwrap();
     for i in names {
-        let d = if i % 3 == 0 { "sub" } else if i % 3 == 1 { "sub/deeper" } else { "" };
+        let d = if i % 3 == 0 {
+            "sub"
+        } else if i % 3 == 1 {
+            "sub/deeper"
+        } else {
+            ""
+        };
         let p = root.join(d).join(format!("f{i}"));
         fs::write(&p, format!("content {i}\n").repeat(i)).unwrap();
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i as u64);
-        fs::File::options().write(true).open(&p).unwrap().set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(t))
+            .unwrap();
     }
     fs::hard_link(root.join("f2"), root.join("f2-link")).unwrap();
     symlink("sub/f3", root.join("link")).unwrap();
@@ -32,7 +43,10 @@ fn make_tree(root: &Path, reverse: bool) {
     // Directories get fixed times too (their mtimes change as files are created).
     for d in ["sub/deeper", "sub", ""] {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000);
-        fs::File::open(root.join(d)).unwrap().set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+        fs::File::open(root.join(d))
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(t))
+            .unwrap();
     }
 }
 
@@ -43,7 +57,14 @@ fn build_with(src: &Path, out: &Path, tz: &str, umask: &str, threads: &str, cwd:
         src.display(),
         out.display()
     );
-    let o = Command::new("sh").arg("-c").arg(&cmd).env("TZ", tz).env("RAYON_NUM_THREADS", threads).current_dir(cwd).output().unwrap();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .env("TZ", tz)
+        .env("RAYON_NUM_THREADS", threads)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     fs::read(out.join("nixos.img")).unwrap()
 }
@@ -55,13 +76,21 @@ fn same_bytes_under_changed_conditions() {
     make_tree(&a, false);
     make_tree(&b, true);
     let img1 = build_with(&a, &tmp.path().join("out1"), "UTC", "022", "1", tmp.path());
-    let img2 = build_with(&b, &tmp.path().join("elsewhere/out2"), "Pacific/Chatham", "077", "7", &a);
+    let img2 = build_with(
+        &b,
+        &tmp.path().join("elsewhere/out2"),
+        "Pacific/Chatham",
+        "077",
+        "7",
+        &a,
+    );
     assert!(img1 == img2, "images differ");
     e2fsck_clean(&tmp.path().join("out1/nixos.img"));
     // The manifest records the same image hash too.
     let m1 = fs::read_to_string(tmp.path().join("out1/manifest.json")).unwrap();
     let m2 = fs::read_to_string(tmp.path().join("elsewhere/out2/manifest.json")).unwrap();
-    let h = |m: &str| serde_json::from_str::<serde_json::Value>(m).unwrap()["image"]["sha256"].clone();
+    let h =
+        |m: &str| serde_json::from_str::<serde_json::Value>(m).unwrap()["image"]["sha256"].clone();
     assert_eq!(h(&m1), h(&m2));
 }
 
@@ -73,7 +102,15 @@ fn seed_and_epoch_change_the_bytes() {
     let src = tmp.path().join("t");
     make_tree(&src, false);
     let run = |out: &str, extra: &[&str]| {
-        let mut args = vec![os("--root-dir"), src.as_os_str(), os("--partition-table-type"), os("none"), os("--additional-space"), os("8M"), os("-o")];
+        let mut args = vec![
+            os("--root-dir"),
+            src.as_os_str(),
+            os("--partition-table-type"),
+            os("none"),
+            os("--additional-space"),
+            os("8M"),
+            os("-o"),
+        ];
         let o = tmp.path().join(out);
         args.push(o.as_os_str());
         args.extend(extra.iter().map(|s| os(s)));
@@ -82,5 +119,15 @@ fn seed_and_epoch_change_the_bytes() {
     };
     let base = run("o1", &["--source-date-epoch", "1700000000"]);
     assert!(base != run("o2", &["--source-date-epoch", "1700000001"]));
-    assert!(base != run("o3", &["--source-date-epoch", "1700000000", "--seed", "11111111-2222-4333-8444-555555555555"]));
+    assert!(
+        base != run(
+            "o3",
+            &[
+                "--source-date-epoch",
+                "1700000000",
+                "--seed",
+                "11111111-2222-4333-8444-555555555555"
+            ]
+        )
+    );
 }

@@ -9,10 +9,20 @@ use std::path::Path;
 
 #[derive(Debug, Clone)]
 enum Node {
-    File { blocks: Vec<u8>, tail: usize, perm: u32 },
-    Dir { perm: u32 },
-    Symlink { target_len: usize },
-    HardLink { to: usize },
+    File {
+        blocks: Vec<u8>,
+        tail: usize,
+        perm: u32,
+    },
+    Dir {
+        perm: u32,
+    },
+    Symlink {
+        target_len: usize,
+    },
+    HardLink {
+        to: usize,
+    },
 }
 
 fn node() -> impl Strategy<Value = Node> {
@@ -49,7 +59,14 @@ fn materialize(root: &Path, nodes: &[(u8, String, Node)]) {
                 let mut data = Vec::new();
                 for (i, b) in blocks.iter().enumerate() {
                     // 0 = an all-zero block (must become a hole), else data.
-                    data.extend(std::iter::repeat_n(if *b == 0 { 0 } else { (i as u8).wrapping_mul(31) | 1 }, 4096));
+                    data.extend(std::iter::repeat_n(
+                        if *b == 0 {
+                            0
+                        } else {
+                            (i as u8).wrapping_mul(31) | 1
+                        },
+                        4096,
+                    ));
                 }
                 data.extend(std::iter::repeat_n(7u8, *tail));
                 fs::write(&p, &data).unwrap();

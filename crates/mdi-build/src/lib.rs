@@ -45,7 +45,9 @@ pub fn source_date_epoch(spec: &Spec) -> Result<i64> {
         return Ok(t);
     }
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => v.trim().parse().map_err(|_| anyhow!("SOURCE_DATE_EPOCH='{v}' is not a whole number of seconds; unset it or fix it")),
+        Ok(v) if !v.is_empty() => v.trim().parse().map_err(|_| {
+            anyhow!("SOURCE_DATE_EPOCH='{v}' is not a whole number of seconds; unset it or fix it")
+        }),
         _ => Ok(1),
     }
 }
@@ -67,7 +69,10 @@ fn parse_mode(v: &serde_json::Value) -> Result<u16> {
         serde_json::Value::Number(n) => n.to_string(),
         v => bail!("mode {v} is not an octal mode like \"0644\""),
     };
-    u16::from_str_radix(s.trim_start_matches("0o"), 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| anyhow!("mode '{s}' is not an octal mode like \"0644\""))
+    u16::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| anyhow!("mode '{s}' is not an octal mode like \"0644\""))
 }
 
 /// Collects the tree the root filesystem is made of.
@@ -83,12 +88,27 @@ pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
     }
     let mut tree = match &spec.root_dir {
         Some(root) => {
-            let md = std::fs::metadata(root).with_context(|| format!("rootDir '{}' cannot be read; give an existing folder", root.display()))?;
+            let md = std::fs::metadata(root).with_context(|| {
+                format!(
+                    "rootDir '{}' cannot be read; give an existing folder",
+                    root.display()
+                )
+            })?;
             if !md.is_dir() {
-                bail!("rootDir '{}' is not a folder; give the folder to use as the root filesystem", root.display());
+                bail!(
+                    "rootDir '{}' is not a folder; give the folder to use as the root filesystem",
+                    root.display()
+                );
             }
-            scan_host(root, &ScanOptions { clamp: sde, keep_owner: true, keep_xattrs: true })
-                .with_context(|| format!("reading rootDir '{}'", root.display()))?
+            scan_host(
+                root,
+                &ScanOptions {
+                    clamp: sde,
+                    keep_owner: true,
+                    keep_xattrs: true,
+                },
+            )
+            .with_context(|| format!("reading rootDir '{}'", root.display()))?
         }
         None => Tree::new(dir_meta.clone()),
     };
@@ -97,9 +117,19 @@ pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
         mdi_nix::add_store_paths(&mut tree, store, &info.store_paths, &spec.store_root, sde)?;
     }
     for (i, c) in spec.contents.iter().enumerate() {
-        add_content(&mut tree, c, sde, &dir_meta).with_context(|| format!("contents[{i}] (source '{}', target '{}')", c.source.display(), c.target))?;
+        add_content(&mut tree, c, sde, &dir_meta).with_context(|| {
+            format!(
+                "contents[{i}] (source '{}', target '{}')",
+                c.source.display(),
+                c.target
+            )
+        })?;
     }
-    if spec.root_dir.is_none() && closure.is_none() && spec.contents.is_empty() && spec.system.is_none() {
+    if spec.root_dir.is_none()
+        && closure.is_none()
+        && spec.contents.is_empty()
+        && spec.system.is_none()
+    {
         return Ok(demo::tree(sde));
     }
     tree.finish();
@@ -108,9 +138,19 @@ pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
 
 fn add_content(tree: &mut Tree, c: &spec::ContentEntry, sde: i64, dir_meta: &Meta) -> Result<()> {
     if !c.target.starts_with('/') {
-        bail!("target '{}' must be an absolute path in the image, e.g. /etc/foo", c.target);
+        bail!(
+            "target '{}' must be an absolute path in the image, e.g. /etc/foo",
+            c.target
+        );
     }
-    let sub = scan_host(&c.source, &ScanOptions { clamp: sde, keep_owner: false, keep_xattrs: false })?;
+    let sub = scan_host(
+        &c.source,
+        &ScanOptions {
+            clamp: sde,
+            keep_owner: false,
+            keep_xattrs: false,
+        },
+    )?;
     let (parent, name) = tree.make_parents(c.target.as_bytes(), dir_meta)?;
     let id = tree.graft(parent, &name, sub)?;
     if let Some(m) = &c.mode {
@@ -130,10 +170,16 @@ fn add_content(tree: &mut Tree, c: &spec::ContentEntry, sde: i64, dir_meta: &Met
 /// Runs a whole build into `out_dir`.
 pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     if spec.format != "raw" {
-        bail!("format '{}' is not implemented yet (only raw is); use --format raw", spec.format);
+        bail!(
+            "format '{}' is not implemented yet (only raw is); use --format raw",
+            spec.format
+        );
     }
     if spec.partition_table_type != "none" {
-        bail!("partitionTableType '{}' is not implemented yet; use --partition-table-type none", spec.partition_table_type);
+        bail!(
+            "partitionTableType '{}' is not implemented yet; use --partition-table-type none",
+            spec.partition_table_type
+        );
     }
     if spec.fs_type != "ext4" {
         bail!("fsType '{}' is not implemented yet; use ext4", spec.fs_type);
@@ -142,24 +188,45 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
     let tree = collect(spec, sde)?;
 
-    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create output folder '{}'; choose a writable folder with -o", out_dir.display()))?;
-    let out_dir = out_dir.canonicalize().with_context(|| format!("output folder '{}'", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).with_context(|| {
+        format!(
+            "cannot create output folder '{}'; choose a writable folder with -o",
+            out_dir.display()
+        )
+    })?;
+    let out_dir = out_dir
+        .canonicalize()
+        .with_context(|| format!("output folder '{}'", out_dir.display()))?;
     let file_name = format!("{}.{}", spec.base_name, spec.extension());
     let final_path = out_dir.join(&file_name);
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{file_name}."))
         .suffix(".partial")
         .tempfile_in(&out_dir)
-        .with_context(|| format!("output folder '{}' is not writable; choose another with -o", out_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "output folder '{}' is not writable; choose another with -o",
+                out_dir.display()
+            )
+        })?;
 
     let fs_uuid = match &spec.root_fsuid {
         Some(u) => Uuid::parse(u)?,
         None if spec.only_nix_store => seed.uuid(b"nix-store-fs-uuid"),
         None => Uuid::parse(&spec.root_gpuid)?,
     };
-    let label = spec.label.clone().unwrap_or_else(|| if spec.only_nix_store { "nix-store".into() } else { "nixos".into() });
+    let label = spec.label.clone().unwrap_or_else(|| {
+        if spec.only_nix_store {
+            "nix-store".into()
+        } else {
+            "nixos".into()
+        }
+    });
     let size = match spec.disk_size()? {
-        DiskSize::Auto => mdi_ext4::SizeRequest::Auto { extra_bytes: spec.additional_space()?, align_bytes: 1 << 20 },
+        DiskSize::Auto => mdi_ext4::SizeRequest::Auto {
+            extra_bytes: spec.additional_space()?,
+            align_bytes: 1 << 20,
+        },
         DiskSize::Bytes(b) => mdi_ext4::SizeRequest::Fixed { bytes: b },
     };
     let opts = mdi_ext4::Options {
@@ -225,16 +292,38 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         }
         let t = tempfile::NamedTempFile::new_in(p.parent().unwrap_or(&out_dir))?;
         std::fs::write(t.path(), text)?;
-        std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        std::fs::set_permissions(
+            t.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )?;
         t.persist(&p).map_err(|e| e.error)?;
         Ok(())
     };
-    let fmt_name = if spec.format == "qcow2-compressed" { "qcow2" } else { spec.format.as_str() };
-    write_small("manifest.json", serde_json::to_string_pretty(&manifest)? + "\n")?;
-    write_small("nix-support/hydra-build-products", format!("file {fmt_name}-image {}\n", final_path.display()))?;
+    let fmt_name = if spec.format == "qcow2-compressed" {
+        "qcow2"
+    } else {
+        spec.format.as_str()
+    };
+    write_small(
+        "manifest.json",
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )?;
+    write_small(
+        "nix-support/hydra-build-products",
+        format!("file {fmt_name}-image {}\n", final_path.display()),
+    )?;
     // tempfile creates 0600; an image is an ordinary build product.
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    tmp.persist(&final_path).map_err(|e| anyhow!("cannot move the image to '{}': {}", final_path.display(), e.error))?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
+    tmp.persist(&final_path).map_err(|e| {
+        anyhow!(
+            "cannot move the image to '{}': {}",
+            final_path.display(),
+            e.error
+        )
+    })?;
     if let Some(script) = &spec.post_vm {
         let status = std::process::Command::new("sh")
             .arg("-c")
@@ -248,7 +337,10 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             bail!("postVM exited with {status}");
         }
     }
-    Ok(Outcome { image: final_path, manifest })
+    Ok(Outcome {
+        image: final_path,
+        manifest,
+    })
 }
 
 fn sha256_file(p: &Path) -> Result<String> {

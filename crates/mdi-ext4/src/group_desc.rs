@@ -48,8 +48,8 @@ impl GroupDesc {
         put_u16(b, 0x32, (self.itable_unused >> 16) as u16); // bg_itable_unused_hi
         put_u16(b, 0x38, (self.block_bitmap_csum >> 16) as u16); // bg_block_bitmap_csum_hi
         put_u16(b, 0x3A, (self.inode_bitmap_csum >> 16) as u16); // bg_inode_bitmap_csum_hi
-        // metadata_csum: crc32c(fs seed, group number, descriptor with bg_checksum zeroed),
-        // low 16 bits.
+                                                                 // metadata_csum: crc32c(fs seed, group number, descriptor with bg_checksum zeroed),
+                                                                 // low 16 bits.
         let s = crc32c_raw(fs_seed, &group.to_le_bytes());
         let s = crc32c_raw(s, b);
         put_u16(b, BG_CHECKSUM, s as u16);

@@ -4,7 +4,9 @@
 use crate::alloc::{Alloc, Run};
 use crate::bytes::{get_u32, put_u32};
 use crate::checksum::{crc32c_raw, fs_seed, inode_seed};
-use crate::dir_entry::{self, DirEnt, FT_BLK, FT_CHR, FT_DIR, FT_FIFO, FT_REG, FT_SOCK, FT_SYMLINK, LEAF_SPACE};
+use crate::dir_entry::{
+    self, DirEnt, FT_BLK, FT_CHR, FT_DIR, FT_FIFO, FT_REG, FT_SOCK, FT_SYMLINK, LEAF_SPACE,
+};
 use crate::extent::{self, Extent};
 use crate::geometry::*;
 use crate::group_desc::GroupDesc;
@@ -81,10 +83,18 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
     let t = (opts.time, 0u32);
 
     // ---- 1. Number inodes: depth-first in sorted order; hard links share one inode.
-    let has_lpf = tree.child(ROOT, b"lost+found").is_some_and(|c| matches!(tree.get(c).kind, Kind::Dir { .. }));
+    let has_lpf = tree
+        .child(ROOT, b"lost+found")
+        .is_some_and(|c| matches!(tree.get(c).kind, Kind::Dir { .. }));
     let mut ino_of = vec![0u32; tree.len()];
     let mut nodes: Vec<Node> = Vec::new(); // index = ino - 1
-    let blank = |entry| Node { entry, links: 0, inode: Inode::default(), extents: Vec::new(), extra_blocks: 0 };
+    let blank = |entry| Node {
+        entry,
+        links: 0,
+        inode: Inode::default(),
+        extents: Vec::new(),
+        extra_blocks: 0,
+    };
     for _ in 0..10 {
         nodes.push(blank(None));
     }
@@ -100,7 +110,14 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
             return;
         }
         let e = tree.get(id);
-        if bad_name.is_none() && (e.name.is_empty() || e.name.len() > 255 || e.name.contains(&b'/') || e.name.contains(&0) || e.name == b"." || e.name == b"..") {
+        if bad_name.is_none()
+            && (e.name.is_empty()
+                || e.name.len() > 255
+                || e.name.contains(&b'/')
+                || e.name.contains(&0)
+                || e.name == b"."
+                || e.name == b"..")
+        {
             bad_name = Some(tree.path_of(id));
         }
         if let Some(key) = e.link {
@@ -125,7 +142,11 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
     if last_ino > u64::from(u32::MAX) / 2 {
         return Err(Error::TooManyInodes(last_ino));
     }
-    let lpf_ino = if has_lpf { ino_of[tree.child(ROOT, b"lost+found").expect("checked") as usize] } else { LPF_INO };
+    let lpf_ino = if has_lpf {
+        ino_of[tree.child(ROOT, b"lost+found").expect("checked") as usize]
+    } else {
+        LPF_INO
+    };
 
     // ---- 2. The GDT region: descriptors plus reserved blocks, sized from an upper bound
     // of the final size so that it can be fixed before anything else is placed.
@@ -140,7 +161,10 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         .sum();
     let blocks_ub = match opts.size {
         SizeRequest::Fixed { bytes } => bytes / BLOCK_SIZE,
-        SizeRequest::Auto { extra_bytes, align_bytes } => {
+        SizeRequest::Auto {
+            extra_bytes,
+            align_bytes,
+        } => {
             let inodes_ub = last_ino + extra_bytes / BYTES_PER_FREE_INODE + 64;
             data_blocks_ub
                 + (extra_bytes + align_bytes) / BLOCK_SIZE
@@ -157,23 +181,36 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
     // ---- 3. Metadata known before the data: resize indirect block, then per inode its
     // xattr block and directory / long-symlink blocks, written right away.
     let dind = alloc.contiguous(1);
-    for idx in 0..nodes.len() {
+    for (idx, node) in nodes.iter_mut().enumerate() {
         check_cancel(opts)?;
         let ino = idx as u32 + 1;
         let is_lpf = ino == LPF_INO && !has_lpf;
-        let Some(id) = nodes[idx].entry.or(is_lpf.then_some(ROOT)) else { continue };
+        let Some(id) = node.entry.or(is_lpf.then_some(ROOT)) else {
+            continue;
+        };
         if is_lpf {
             // Our own lost+found: root-owned 0700 directory of 4 empty blocks.
             let seed = inode_seed(fs_seed, ino, 0);
             let mut blocks = vec![dir_entry::leaf_block(
-                &[DirEnt { name: b".", ino, ft: FT_DIR }, DirEnt { name: b"..", ino: 2, ft: FT_DIR }],
+                &[
+                    DirEnt {
+                        name: b".",
+                        ino,
+                        ft: FT_DIR,
+                    },
+                    DirEnt {
+                        name: b"..",
+                        ino: 2,
+                        ft: FT_DIR,
+                    },
+                ],
                 seed,
             )];
             for _ in 1..LPF_BLOCKS {
                 blocks.push(dir_entry::leaf_block(&[], seed));
             }
-            place_blocks(&mut alloc, sink, &blocks, &mut nodes[idx].extents)?;
-            let n = &mut nodes[idx];
+            place_blocks(&mut alloc, sink, &blocks, &mut node.extents)?;
+            let n = &mut *node;
             n.links = 2;
             n.inode = Inode {
                 mode: inode::S_IFDIR | 0o700,
@@ -199,7 +236,10 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
             crtime: t,
             ..Inode::default()
         };
-        match xattr::encode(&e.meta.xattrs).map_err(|source| Error::Xattr { path: path(), source })? {
+        match xattr::encode(&e.meta.xattrs).map_err(|source| Error::Xattr {
+            path: path(),
+            source,
+        })? {
             xattr::Placement::None => {}
             xattr::Placement::Inline(area) => node_inode.inline_xattrs = area,
             xattr::Placement::Block(mut b) => {
@@ -207,34 +247,64 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
                 xattr::seal_block(&mut b, at, fs_seed);
                 sink.write_at(at * BLOCK_SIZE, &b).map_err(Error::Write)?;
                 node_inode.file_acl = at;
-                nodes[idx].extra_blocks += 1;
+                node.extra_blocks += 1;
             }
         }
         let seed = inode_seed(fs_seed, ino, 0);
         match &e.kind {
             Kind::Dir { children } => {
-                let parent = if id == ROOT { 2 } else { ino_of[e.parent as usize] };
-                let mut ents: Vec<DirEnt<'_>> =
-                    children.iter().map(|&c| DirEnt { name: &tree.get(c).name, ino: ino_of[c as usize], ft: ft_of(&tree.get(c).kind) }).collect();
+                let parent = if id == ROOT {
+                    2
+                } else {
+                    ino_of[e.parent as usize]
+                };
+                let mut ents: Vec<DirEnt<'_>> = children
+                    .iter()
+                    .map(|&c| DirEnt {
+                        name: &tree.get(c).name,
+                        ino: ino_of[c as usize],
+                        ft: ft_of(&tree.get(c).kind),
+                    })
+                    .collect();
                 if id == ROOT && !has_lpf {
                     let pos = ents.partition_point(|d| d.name < &b"lost+found"[..]);
-                    ents.insert(pos, DirEnt { name: b"lost+found", ino: LPF_INO, ft: FT_DIR });
+                    ents.insert(
+                        pos,
+                        DirEnt {
+                            name: b"lost+found",
+                            ino: LPF_INO,
+                            ft: FT_DIR,
+                        },
+                    );
                 }
                 let subdirs = ents.iter().filter(|d| d.ft == FT_DIR).count() as u32;
-                let dot = [DirEnt { name: b".", ino, ft: FT_DIR }, DirEnt { name: b"..", ino: parent, ft: FT_DIR }];
-                let blocks = if dir_entry::packed_len(&dot) + dir_entry::packed_len(&ents) <= LEAF_SPACE {
-                    let mut all = dot.to_vec();
-                    all.extend(ents.iter().cloned());
-                    vec![dir_entry::leaf_block(&all, seed)]
-                } else {
-                    node_inode.flags |= FL_INDEX;
-                    htree::build(ino, parent, &ents, &hash_seed, seed).map_err(|_| Error::DirTooLarge(path()))?
-                };
+                let dot = [
+                    DirEnt {
+                        name: b".",
+                        ino,
+                        ft: FT_DIR,
+                    },
+                    DirEnt {
+                        name: b"..",
+                        ino: parent,
+                        ft: FT_DIR,
+                    },
+                ];
+                let blocks =
+                    if dir_entry::packed_len(&dot) + dir_entry::packed_len(&ents) <= LEAF_SPACE {
+                        let mut all = dot.to_vec();
+                        all.extend(ents.iter().cloned());
+                        vec![dir_entry::leaf_block(&all, seed)]
+                    } else {
+                        node_inode.flags |= FL_INDEX;
+                        htree::build(ino, parent, &ents, &hash_seed, seed)
+                            .map_err(|_| Error::DirTooLarge(path()))?
+                    };
                 node_inode.flags |= FL_EXTENTS;
                 node_inode.size = blocks.len() as u64 * BLOCK_SIZE;
-                place_blocks(&mut alloc, sink, &blocks, &mut nodes[idx].extents)?;
+                place_blocks(&mut alloc, sink, &blocks, &mut node.extents)?;
                 let links = 2 + subdirs;
-                nodes[idx].links = if links > MAX_DIR_LINKS { 1 } else { links };
+                node.links = if links > MAX_DIR_LINKS { 1 } else { links };
             }
             Kind::Symlink { target } => {
                 node_inode.size = target.len() as u64;
@@ -248,7 +318,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
                     let mut b = vec![0u8; BS];
                     b[..target.len()].copy_from_slice(target);
                     node_inode.flags |= FL_EXTENTS;
-                    place_blocks(&mut alloc, sink, &[b], &mut nodes[idx].extents)?;
+                    place_blocks(&mut alloc, sink, &[b], &mut node.extents)?;
                 }
             }
             Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } => {
@@ -257,7 +327,11 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
                 if *major < 256 && *minor < 256 {
                     put_u32(&mut node_inode.i_block, 0, (major << 8) | minor);
                 } else {
-                    put_u32(&mut node_inode.i_block, 4, (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12));
+                    put_u32(
+                        &mut node_inode.i_block,
+                        4,
+                        (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12),
+                    );
                 }
             }
             Kind::File { size, .. } => {
@@ -266,7 +340,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
             }
             Kind::Fifo | Kind::Socket => {}
         }
-        nodes[idx].inode = node_inode;
+        node.inode = node_inode;
     }
 
     // ---- 4. File data, streamed in inode order.
@@ -294,7 +368,18 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
     // ---- 6. Size the filesystem and place journal, bitmaps and inode tables.
     let used_inodes = last_ino;
     let tail = size_and_place_tail(&alloc, used_inodes, head_len, opts)?;
-    let Tail { blocks, groups, ipg, journal_len, ref journal_runs, ref journal_tree, ref block_bitmaps, ref inode_bitmaps, ref inode_tables, alloc: ref final_alloc } = tail;
+    let Tail {
+        blocks,
+        groups,
+        ipg,
+        journal_len,
+        ref journal_runs,
+        ref journal_tree,
+        ref block_bitmaps,
+        ref inode_bitmaps,
+        ref inode_tables,
+        alloc: ref final_alloc,
+    } = tail;
     let desc = desc_blocks(groups);
     let reserved = (gdt_region - desc).min(MAX_RESERVED_GDT);
 
@@ -318,7 +403,8 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
             ..Inode::default()
         };
         let jsb = journal::superblock(journal_len as u32, &opts.uuid);
-        sink.write_at(journal_runs[0].0 * BLOCK_SIZE, &jsb).map_err(Error::Write)?;
+        sink.write_at(journal_runs[0].0 * BLOCK_SIZE, &jsb)
+            .map_err(Error::Write)?;
     }
     if !journal_tree.is_empty() {
         tree_blocks.push((7, journal_tree.clone()));
@@ -352,9 +438,14 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         for i in 0..reserved {
             let mut ind = vec![0u8; BS];
             for (k, g) in backups.iter().enumerate() {
-                put_u32(&mut ind, k * 4, (1 + desc + i + g * BLOCKS_PER_GROUP) as u32);
+                put_u32(
+                    &mut ind,
+                    k * 4,
+                    (1 + desc + i + g * BLOCKS_PER_GROUP) as u32,
+                );
             }
-            sink.write_at((1 + desc + i) * BLOCK_SIZE, &ind).map_err(Error::Write)?;
+            sink.write_at((1 + desc + i) * BLOCK_SIZE, &ind)
+                .map_err(Error::Write)?;
         }
     }
 
@@ -439,8 +530,10 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         };
         free_blocks_total += free_b;
         free_inodes_total += u64::from(ipg) - used_i;
-        sink.write_at(block_bitmaps[g as usize] * BLOCK_SIZE, &bb).map_err(Error::Write)?;
-        sink.write_at(inode_bitmaps[g as usize] * BLOCK_SIZE, &ib).map_err(Error::Write)?;
+        sink.write_at(block_bitmaps[g as usize] * BLOCK_SIZE, &bb)
+            .map_err(Error::Write)?;
+        sink.write_at(inode_bitmaps[g as usize] * BLOCK_SIZE, &ib)
+            .map_err(Error::Write)?;
         // Inode table: the used inodes are a prefix of the group.
         if used_i > 0 {
             let mut it = vec![0u8; (used_i * INODE_SIZE) as usize];
@@ -449,10 +542,12 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
                 let n = &nodes[ino as usize - 1];
                 let off = (k * INODE_SIZE) as usize;
                 if n.inode.mode != 0 || n.inode.links != 0 {
-                    n.inode.encode(ino as u32, fs_seed, &mut it[off..off + INODE_SIZE as usize]);
+                    n.inode
+                        .encode(ino as u32, fs_seed, &mut it[off..off + INODE_SIZE as usize]);
                 }
             }
-            sink.write_at(inode_tables[g as usize] * BLOCK_SIZE, &it).map_err(Error::Write)?;
+            sink.write_at(inode_tables[g as usize] * BLOCK_SIZE, &it)
+                .map_err(Error::Write)?;
         }
         gds.push(gd);
     }
@@ -462,8 +557,8 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
     let l = opts.label.len().min(16);
     label[..l].copy_from_slice(&opts.label[..l]);
     let mut jnl_blocks = [0u32; 17];
-    for i in 0..15 {
-        jnl_blocks[i] = get_u32(&nodes[7].inode.i_block, 4 * i);
+    for (i, w) in jnl_blocks.iter_mut().take(15).enumerate() {
+        *w = get_u32(&nodes[7].inode.i_block, 4 * i);
     }
     jnl_blocks[15] = ((journal_len * BLOCK_SIZE) >> 32) as u32;
     jnl_blocks[16] = (journal_len * BLOCK_SIZE) as u32;
@@ -488,8 +583,10 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         let mut first = vec![0u8; BS];
         let off = if g == 0 { 1024 } else { 0 };
         first[off..off + 1024].copy_from_slice(&sb.encode(g as u16));
-        sink.write_at(g * BLOCKS_PER_GROUP * BLOCK_SIZE, &first).map_err(Error::Write)?;
-        sink.write_at((g * BLOCKS_PER_GROUP + 1) * BLOCK_SIZE, &gdt).map_err(Error::Write)?;
+        sink.write_at(g * BLOCKS_PER_GROUP * BLOCK_SIZE, &first)
+            .map_err(Error::Write)?;
+        sink.write_at((g * BLOCKS_PER_GROUP + 1) * BLOCK_SIZE, &gdt)
+            .map_err(Error::Write)?;
     }
 
     Ok(Report {
@@ -505,7 +602,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
 
 /// Sets bits `from..to` of a bitmap.
 fn set_bits(b: &mut [u8], mut from: usize, to: usize) {
-    while from < to && from % 8 != 0 {
+    while from < to && !from.is_multiple_of(8) {
         b[from / 8] |= 1 << (from % 8);
         from += 1;
     }
@@ -520,7 +617,12 @@ fn set_bits(b: &mut [u8], mut from: usize, to: usize) {
 }
 
 /// Allocates and writes whole metadata blocks of one inode, recording extents.
-fn place_blocks(alloc: &mut Alloc, sink: &mut dyn Sink, blocks: &[Vec<u8>], extents: &mut Vec<Extent>) -> Result<(), Error> {
+fn place_blocks(
+    alloc: &mut Alloc,
+    sink: &mut dyn Sink,
+    blocks: &[Vec<u8>],
+    extents: &mut Vec<Extent>,
+) -> Result<(), Error> {
     let mut logical = 0u32;
     for (s, l) in alloc.runs(blocks.len() as u64) {
         let mut buf = Vec::with_capacity((l * BLOCK_SIZE) as usize);
@@ -551,9 +653,21 @@ struct Tail {
 /// Finds the filesystem size and places the journal, bitmaps and inode tables after
 /// everything else. The size, the journal size (a step function of the size), the group
 /// count and the inodes per group depend on each other: iterate to the fixed point.
-fn size_and_place_tail(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Options) -> Result<Tail, Error> {
+fn size_and_place_tail(
+    base: &Alloc,
+    used_inodes: u64,
+    head_len: u64,
+    opts: &Options,
+) -> Result<Tail, Error> {
     let (extra_blocks, align, fixed) = match opts.size {
-        SizeRequest::Auto { extra_bytes, align_bytes } => (extra_bytes.div_ceil(BLOCK_SIZE), (align_bytes / BLOCK_SIZE).max(1), None),
+        SizeRequest::Auto {
+            extra_bytes,
+            align_bytes,
+        } => (
+            extra_bytes.div_ceil(BLOCK_SIZE),
+            (align_bytes / BLOCK_SIZE).max(1),
+            None,
+        ),
         SizeRequest::Fixed { bytes } => (0, 1, Some(trim_last_group(bytes / BLOCK_SIZE, head_len))),
     };
     let mut blocks = fixed.unwrap_or_else(|| base.next() + extra_blocks);
@@ -580,7 +694,10 @@ fn size_and_place_tail(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Opt
                 }
             }
         }
-        let ipg = wanted.div_ceil(groups).next_multiple_of(INODES_PER_BLOCK).clamp(INODES_PER_BLOCK, MAX_INODES_PER_GROUP);
+        let ipg = wanted
+            .div_ceil(groups)
+            .next_multiple_of(INODES_PER_BLOCK)
+            .clamp(INODES_PER_BLOCK, MAX_INODES_PER_GROUP);
         let itb = ipg * INODE_SIZE / BLOCK_SIZE;
         let journal_len = journal_blocks_for(blocks);
 
@@ -595,7 +712,9 @@ fn size_and_place_tail(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Opt
             }
             v
         };
-        let journal_tree: Vec<u64> = (0..extent::tree_blocks(jext.len())).map(|_| a.contiguous(1)).collect();
+        let journal_tree: Vec<u64> = (0..extent::tree_blocks(jext.len()))
+            .map(|_| a.contiguous(1))
+            .collect();
         let block_bitmaps: Vec<u64> = (0..groups).map(|_| a.contiguous(1)).collect();
         let inode_bitmaps: Vec<u64> = (0..groups).map(|_| a.contiguous(1)).collect();
         let inode_tables: Vec<u64> = (0..groups).map(|_| a.contiguous(itb)).collect();
@@ -620,7 +739,18 @@ fn size_and_place_tail(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Opt
             }
         };
         if want_blocks == blocks && journal_blocks_for(want_blocks) == journal_len {
-            return Ok(Tail { blocks, groups, ipg: ipg as u32, journal_len, journal_runs, journal_tree, block_bitmaps, inode_bitmaps, inode_tables, alloc: a });
+            return Ok(Tail {
+                blocks,
+                groups,
+                ipg: ipg as u32,
+                journal_len,
+                journal_runs,
+                journal_tree,
+                block_bitmaps,
+                inode_bitmaps,
+                inode_tables,
+                alloc: a,
+            });
         }
         blocks = want_blocks;
     }
@@ -639,7 +769,13 @@ fn trim_last_group(blocks: u64, head_len: u64) -> u64 {
 }
 
 fn too_small(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Options, have: u64) -> Error {
-    let auto = Options { size: SizeRequest::Auto { extra_bytes: 0, align_bytes: BLOCK_SIZE }, ..opts.clone() };
+    let auto = Options {
+        size: SizeRequest::Auto {
+            extra_bytes: 0,
+            align_bytes: BLOCK_SIZE,
+        },
+        ..opts.clone()
+    };
     let need = match size_and_place_tail(base, used_inodes, head_len, &auto) {
         Ok(t) => t.blocks * BLOCK_SIZE,
         Err(_) => 0,
@@ -648,7 +784,10 @@ fn too_small(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Options, have
         SizeRequest::Fixed { bytes } => bytes,
         _ => have * BLOCK_SIZE,
     };
-    Error::TooSmall { need, have: have_bytes }
+    Error::TooSmall {
+        need,
+        have: have_bytes,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -674,7 +813,11 @@ struct ChunkOut {
 }
 
 fn read_chunk(c: &Chunk<'_>, file_size: u64) -> Result<ChunkOut, Error> {
-    let mut out = ChunkOut { job: c.job, runs: Vec::new(), bytes: Vec::new() };
+    let mut out = ChunkOut {
+        job: c.job,
+        runs: Vec::new(),
+        bytes: Vec::new(),
+    };
     let push_blocks = |buf: &[u8], at: u64, out: &mut ChunkOut| {
         for (i, blk) in buf.chunks(BS).enumerate() {
             if is_zero(blk) {
@@ -700,7 +843,10 @@ fn read_chunk(c: &Chunk<'_>, file_size: u64) -> Result<ChunkOut, Error> {
             push_blocks(s, c.offset, &mut out);
         }
         FileData::Path(path) => {
-            let rerr = |source| Error::Read { path: path.clone(), source };
+            let rerr = |source| Error::Read {
+                path: path.clone(),
+                source,
+            };
             let f = File::open(path).map_err(rerr)?;
             let md = f.metadata().map_err(rerr)?;
             if md.len() != file_size {
@@ -724,7 +870,11 @@ fn read_chunk(c: &Chunk<'_>, file_size: u64) -> Result<ChunkOut, Error> {
                     Ok(p) => p.min(end),
                     Err(_) => end,
                 };
-                let hole_at = if hole_at < end { hole_at.next_multiple_of(BLOCK_SIZE).min(end) } else { end };
+                let hole_at = if hole_at < end {
+                    hole_at.next_multiple_of(BLOCK_SIZE).min(end)
+                } else {
+                    end
+                };
                 let n = (hole_at - data_at) as usize;
                 buf.resize(n, 0);
                 read_full(&f, &mut buf, data_at).map_err(|e| {
@@ -756,7 +906,9 @@ impl Coalescer {
     const MAX: usize = 16 << 20;
 
     fn push(&mut self, sink: &mut dyn Sink, at: u64, data: &[u8]) -> Result<(), Error> {
-        if !self.buf.is_empty() && (self.start + self.buf.len() as u64 != at || self.buf.len() + data.len() > Self::MAX) {
+        if !self.buf.is_empty()
+            && (self.start + self.buf.len() as u64 != at || self.buf.len() + data.len() > Self::MAX)
+        {
             self.flush(sink)?;
         }
         if data.len() >= Self::MAX {
@@ -780,7 +932,13 @@ impl Coalescer {
 
 /// Reads every job's file in parallel (in bounded batches, one batch ahead of the
 /// writer) and places its non-zero blocks in job order. Returns the data bytes stored.
-fn stream_data(jobs: &[(usize, &FileData, u64)], nodes: &mut [Node], alloc: &mut Alloc, sink: &mut dyn Sink, opts: &Options) -> Result<u64, Error> {
+fn stream_data(
+    jobs: &[(usize, &FileData, u64)],
+    nodes: &mut [Node],
+    alloc: &mut Alloc,
+    sink: &mut dyn Sink,
+    opts: &Options,
+) -> Result<u64, Error> {
     // Cut the work into chunks, then into batches.
     let mut batches: Vec<Vec<Chunk<'_>>> = Vec::new();
     let mut cur = Vec::new();
@@ -789,7 +947,12 @@ fn stream_data(jobs: &[(usize, &FileData, u64)], nodes: &mut [Node], alloc: &mut
         let mut off = 0;
         while off < size {
             let len = CHUNK_BYTES.min(size - off);
-            cur.push(Chunk { job: j, data, offset: off, len });
+            cur.push(Chunk {
+                job: j,
+                data,
+                offset: off,
+                len,
+            });
             cur_bytes += len;
             off += len;
             if cur_bytes >= BATCH_BYTES || cur.len() >= 8192 {
@@ -803,7 +966,10 @@ fn stream_data(jobs: &[(usize, &FileData, u64)], nodes: &mut [Node], alloc: &mut
     }
     let sizes: Vec<u64> = jobs.iter().map(|j| j.2).collect();
     let mut stored = 0u64;
-    let mut co = Coalescer { start: 0, buf: Vec::with_capacity(Coalescer::MAX) };
+    let mut co = Coalescer {
+        start: 0,
+        buf: Vec::with_capacity(Coalescer::MAX),
+    };
     std::thread::scope(|s| -> Result<(), Error> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<ChunkOut>, Error>>(1);
         let sizes = &sizes;
@@ -815,7 +981,10 @@ fn stream_data(jobs: &[(usize, &FileData, u64)], nodes: &mut [Node], alloc: &mut
                     let _ = tx.send(Err(Error::Interrupted));
                     return;
                 }
-                let r: Result<Vec<ChunkOut>, Error> = batch.par_iter().map(|c| read_chunk(c, sizes[c.job])).collect();
+                let r: Result<Vec<ChunkOut>, Error> = batch
+                    .par_iter()
+                    .map(|c| read_chunk(c, sizes[c.job]))
+                    .collect();
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {
                     return;

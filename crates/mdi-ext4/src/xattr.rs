@@ -35,9 +35,17 @@ fn split(name: &[u8], value: &[u8]) -> Result<Attr, XattrError> {
     let shown = || String::from_utf8_lossy(name).into_owned();
     // Name index table: fs/ext4/xattr.h (EXT4_XATTR_INDEX_*).
     let (index, rest) = if name == b"system.posix_acl_access" {
-        return Ok(Attr { index: 2, name: Vec::new(), value: acl_to_disk(value).ok_or_else(|| XattrError::BadAcl(shown()))? });
+        return Ok(Attr {
+            index: 2,
+            name: Vec::new(),
+            value: acl_to_disk(value).ok_or_else(|| XattrError::BadAcl(shown()))?,
+        });
     } else if name == b"system.posix_acl_default" {
-        return Ok(Attr { index: 3, name: Vec::new(), value: acl_to_disk(value).ok_or_else(|| XattrError::BadAcl(shown()))? });
+        return Ok(Attr {
+            index: 3,
+            name: Vec::new(),
+            value: acl_to_disk(value).ok_or_else(|| XattrError::BadAcl(shown()))?,
+        });
     } else if let Some(r) = name.strip_prefix(b"user.") {
         (1, r)
     } else if let Some(r) = name.strip_prefix(b"trusted.") {
@@ -52,13 +60,17 @@ fn split(name: &[u8], value: &[u8]) -> Result<Attr, XattrError> {
     if rest.len() > 255 {
         return Err(XattrError::Namespace(shown()));
     }
-    Ok(Attr { index, name: rest.to_vec(), value: value.to_vec() })
+    Ok(Attr {
+        index,
+        name: rest.to_vec(),
+        value: value.to_vec(),
+    })
 }
 
 /// POSIX ACL xattr (version 2, 8-byte entries) → ext4 ACL (version 1; owner, group-owner,
 /// mask and other entries are 4 bytes, named user and group entries 8).
 fn acl_to_disk(v: &[u8]) -> Option<Vec<u8>> {
-    if v.len() < 4 || (v.len() - 4) % 8 != 0 || get_u32(v, 0) != 2 {
+    if v.len() < 4 || !(v.len() - 4).is_multiple_of(8) || get_u32(v, 0) != 2 {
         return None;
     }
     let mut out = 1u32.to_le_bytes().to_vec();
@@ -66,7 +78,7 @@ fn acl_to_disk(v: &[u8]) -> Option<Vec<u8>> {
         let tag = get_u16(e, 0);
         out.extend_from_slice(&e[0..4]);
         match tag {
-            0x01 | 0x04 | 0x10 | 0x20 => {}          // USER_OBJ, GROUP_OBJ, MASK, OTHER
+            0x01 | 0x04 | 0x10 | 0x20 => {} // USER_OBJ, GROUP_OBJ, MASK, OTHER
             0x02 | 0x08 => out.extend_from_slice(&e[4..8]), // USER, GROUP: + id
             _ => return None,
         }
@@ -105,7 +117,10 @@ pub fn encode(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Placement, XattrError> {
     if xattrs.is_empty() {
         return Ok(Placement::None);
     }
-    let mut attrs = xattrs.iter().map(|(n, v)| split(n, v)).collect::<Result<Vec<_>, _>>()?;
+    let mut attrs = xattrs
+        .iter()
+        .map(|(n, v)| split(n, v))
+        .collect::<Result<Vec<_>, _>>()?;
     // The kernel searches block entries assuming this order (ext4_xattr_find_entry).
     attrs.sort_by(|a, b| (a.index, a.name.len(), &a.name).cmp(&(b.index, b.name.len(), &b.name)));
     let entries_len: usize = attrs.iter().map(|a| pad4(16 + a.name.len())).sum();
@@ -125,8 +140,8 @@ pub fn encode(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Placement, XattrError> {
     put_u32(&mut b, 0x0, MAGIC); // h_magic
     put_u32(&mut b, 0x4, 1); // h_refcount
     put_u32(&mut b, 0x8, 1); // h_blocks
-    // Entries start after the header; offsets are relative to the block start, so fill
-    // the whole block and let entries begin at 32.
+                             // Entries start after the header; offsets are relative to the block start, so fill
+                             // the whole block and let entries begin at 32.
     let hashes = fill_from(&mut b, BLOCK_HEADER, &attrs);
     // h_hash: rotate-xor of the entry hashes (ext4_xattr_rehash).
     let mut bh: u32 = 0;
@@ -155,7 +170,11 @@ fn fill_from(buf: &mut [u8], start: usize, attrs: &[Attr]) -> Vec<u32> {
         hashes.push(h);
         put_u8(buf, off, a.name.len() as u8); // e_name_len
         put_u8(buf, off + 1, a.index); // e_name_index
-        put_u16(buf, off + 2, if a.value.is_empty() { 0 } else { vend as u16 }); // e_value_offs
+        put_u16(
+            buf,
+            off + 2,
+            if a.value.is_empty() { 0 } else { vend as u16 },
+        ); // e_value_offs
         put_u32(buf, off + 4, 0); // e_value_inum
         put_u32(buf, off + 8, a.value.len() as u32); // e_value_size
         put_u32(buf, off + 12, h); // e_hash

@@ -39,7 +39,13 @@ pub struct Meta {
 impl Meta {
     /// Root-owned, given permissions, given time, no xattrs.
     pub fn root(perm: u16, mtime: Timestamp) -> Self {
-        Meta { perm, uid: 0, gid: 0, mtime, xattrs: Vec::new() }
+        Meta {
+            perm,
+            uid: 0,
+            gid: 0,
+            mtime,
+            xattrs: Vec::new(),
+        }
     }
 }
 
@@ -112,7 +118,9 @@ pub struct Entry {
 #[non_exhaustive]
 pub enum TreeError {
     /// Two sources put something at the same path.
-    #[error("'{path}' is provided twice ({what}); remove one of the entries or pick another target")]
+    #[error(
+        "'{path}' is provided twice ({what}); remove one of the entries or pick another target"
+    )]
     Collision {
         /// The colliding image path.
         path: String,
@@ -152,7 +160,9 @@ impl Tree {
                 parent: ROOT,
                 name: Vec::new(),
                 meta: root,
-                kind: Kind::Dir { children: Vec::new() },
+                kind: Kind::Dir {
+                    children: Vec::new(),
+                },
                 link: None,
             }],
         }
@@ -205,25 +215,51 @@ impl Tree {
 
     /// Looks up a child by name.
     pub fn child(&self, dir: EntryId, name: &[u8]) -> Option<EntryId> {
-        self.children(dir).iter().copied().find(|&c| self.entries[c as usize].name == name)
+        self.children(dir)
+            .iter()
+            .copied()
+            .find(|&c| self.entries[c as usize].name == name)
     }
 
     /// Adds `entry` as child `name` of `dir`. Fails if the name is taken.
-    pub fn add(&mut self, dir: EntryId, name: &[u8], meta: Meta, kind: Kind, link: Option<(u64, u64)>) -> Result<EntryId, TreeError> {
+    pub fn add(
+        &mut self,
+        dir: EntryId,
+        name: &[u8],
+        meta: Meta,
+        kind: Kind,
+        link: Option<(u64, u64)>,
+    ) -> Result<EntryId, TreeError> {
         if self.child(dir, name).is_some() {
             let mut p = self.path_of(dir);
             if !p.ends_with('/') {
                 p.push('/');
             }
             p.push_str(&String::from_utf8_lossy(name));
-            return Err(TreeError::Collision { path: p, what: "two sources".into() });
+            return Err(TreeError::Collision {
+                path: p,
+                what: "two sources".into(),
+            });
         }
         self.push_child(dir, name.to_vec(), meta, kind, link)
     }
 
-    fn push_child(&mut self, dir: EntryId, name: Vec<u8>, meta: Meta, kind: Kind, link: Option<(u64, u64)>) -> Result<EntryId, TreeError> {
+    fn push_child(
+        &mut self,
+        dir: EntryId,
+        name: Vec<u8>,
+        meta: Meta,
+        kind: Kind,
+        link: Option<(u64, u64)>,
+    ) -> Result<EntryId, TreeError> {
         let id = EntryId::try_from(self.entries.len()).expect("fewer than 2^32 entries");
-        self.entries.push(Entry { parent: dir, name, meta, kind, link });
+        self.entries.push(Entry {
+            parent: dir,
+            name,
+            meta,
+            kind,
+            link,
+        });
         match &mut self.entries[dir as usize].kind {
             Kind::Dir { children } => children.push(id),
             _ => return Err(TreeError::NotADir(self.path_of(dir))),
@@ -233,9 +269,16 @@ impl Tree {
 
     /// Resolves an absolute image path (`/etc/nixos`), creating missing directories with
     /// `dir_meta`. Returns the parent directory id and the last component.
-    pub fn make_parents(&mut self, target: &[u8], dir_meta: &Meta) -> Result<(EntryId, Vec<u8>), TreeError> {
+    pub fn make_parents(
+        &mut self,
+        target: &[u8],
+        dir_meta: &Meta,
+    ) -> Result<(EntryId, Vec<u8>), TreeError> {
         let shown = String::from_utf8_lossy(target).into_owned();
-        let comps: Vec<&[u8]> = target.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
+        let comps: Vec<&[u8]> = target
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .collect();
         if comps.is_empty() || comps.iter().any(|c| *c == b"..") {
             return Err(TreeError::BadTarget(shown));
         }
@@ -246,7 +289,15 @@ impl Tree {
                     Kind::Dir { .. } => id,
                     _ => return Err(TreeError::NotADir(self.path_of(id))),
                 },
-                None => self.push_child(dir, c.to_vec(), dir_meta.clone(), Kind::Dir { children: Vec::new() }, None)?,
+                None => self.push_child(
+                    dir,
+                    c.to_vec(),
+                    dir_meta.clone(),
+                    Kind::Dir {
+                        children: Vec::new(),
+                    },
+                    None,
+                )?,
             };
         }
         Ok((dir, comps[comps.len() - 1].to_vec()))
@@ -261,7 +312,10 @@ impl Tree {
                 p.push('/');
             }
             p.push_str(&String::from_utf8_lossy(name));
-            return Err(TreeError::Collision { path: p, what: "two sources".into() });
+            return Err(TreeError::Collision {
+                path: p,
+                what: "two sources".into(),
+            });
         }
         let base = EntryId::try_from(self.entries.len()).expect("fewer than 2^32 entries");
         let mut first = true;
