@@ -315,22 +315,23 @@ echo "image:  $(group "$IMG_SIZE") bytes ($(mib "$IMG_SIZE") MiB), $(group "$IMG
 echo "repart: partition $(mib "$REPART_PART") MiB in a $(mib "$REPART_DISK") MiB GPT disk"
 echo "mkfs:   tree without $LONG_SYMLINKS symlink(s) of >= 1024 bytes (e2fsprogs 1.47.0 cannot store them)"
 echo
-printf '%-28s %10s %14s %10s %12s\n' pipeline "median s" "peak RSS MiB" "vs floor" "vs repart"
-printf '%-28s %10s %14s %10s %12s\n' -------- -------- ------------ -------- ---------
+printf '%-28s %10s %14s %10s %12s   %s\n' pipeline "median s" "peak RSS MiB" "vs floor" "vs repart" "all runs (s)"
+printf '%-28s %10s %14s %10s %12s   %s\n' -------- -------- ------------ -------- --------- ------------
 for p in mdi floor repart mkfs; do
   if [ -n "${MED[$p]:-}" ]; then
-    printf '%-28s %10s %14s %10s %12s\n' "$(label "$p")" "${MED[$p]}" \
+    printf '%-28s %10s %14s %10s %12s   %s\n' "$(label "$p")" "${MED[$p]}" \
       "$(awk -v k="${RSS[$p]}" 'BEGIN{printf "%.1f", k/1024}')" \
-      "$(ratio "${MED[$p]}" "${MED[floor]:-0}")" "$(ratio "${MED[$p]}" "${MED[repart]:-0}")"
+      "$(ratio "${MED[$p]}" "${MED[floor]:-0}")" "$(ratio "${MED[$p]}" "${MED[repart]:-0}")" \
+      "$(awk '{printf "%s%s", (NR>1 ? " " : ""), $1}' "$SCRATCH/$p.times")"
   else
-    printf '%-28s %10s %14s %10s %12s\n' "$(label "$p")" FAILED - - -
+    printf '%-28s %10s %14s %10s %12s   %s\n' "$(label "$p")" FAILED - - - -
   fi
 done
 echo
 vs_floor=$(ratio "${MED[mdi]}" "${MED[floor]:-0}")
 vs_repart=$(ratio "${MED[mdi]}" "${MED[repart]:-0}")
-[ "$vs_repart" = n/a ] && vs_repart="n/a (repart failed)"
-echo "make-disk-image: $vs_floor floor, $vs_repart systemd-repart (targets: <= 1.25x floor, <= 0.75x repart)"
+if [ "$vs_repart" = n/a ]; then vs_repart="systemd-repart n/a (it failed)"; else vs_repart="$vs_repart systemd-repart"; fi
+echo "make-disk-image: $vs_floor floor, $vs_repart (targets: <= 1.25x floor, <= 0.75x repart)"
 floor_ok=$(awk -v a="${MED[mdi]}" -v b="${MED[floor]:-0}" 'BEGIN{print (b>0 && a/b <= 1.25) ? "met" : "missed"}')
 if [ -n "${MED[repart]:-}" ]; then
   repart_ok=$(awk -v a="${MED[mdi]}" -v b="${MED[repart]}" 'BEGIN{print (a/b <= 0.75) ? "met" : "missed"}')

@@ -330,7 +330,59 @@ fn store_only(preset: &str) {
     if !is_root() {
         return;
     }
-    // The kernel: every store path equals its source; real Nix accepts the store.
+    // Real Nix accepts the store: mount the image as <root>/nix/store, load the
+    // closure's registration and verify every path's NAR hash against the image.
+    {
+        let nixroot = tempfile::tempdir().unwrap();
+        // Nix writes store/.links, so the read-only image sits under a writable overlay.
+        let (upper, work, store) = (
+            nixroot.path().join("upper"),
+            nixroot.path().join("work"),
+            nixroot.path().join("nix/store"),
+        );
+        for d in [&upper, &work, &store] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let lower_m = Mount::new(&img);
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower_m.path().display(),
+            upper.display(),
+            work.display()
+        );
+        assert!(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&store)
+            .status()
+            .unwrap()
+            .success());
+        let root_arg = format!("local?root={}", nixroot.path().display());
+        let load = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "nix-store --store '{root_arg}' --load-db < {}",
+                corpus.join("closure-info/registration").display()
+            ))
+            .output()
+            .unwrap();
+        let verify = Command::new("nix-store")
+            .args(["--store", &root_arg, "--verify", "--check-contents"])
+            .output()
+            .unwrap();
+        Command::new("umount").arg(&store).status().unwrap();
+        drop(lower_m);
+        assert!(
+            load.status.success(),
+            "nix-store --load-db: {}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+        let verr = String::from_utf8_lossy(&verify.stderr);
+        assert!(
+            verify.status.success() && !verr.contains("modified") && !verr.contains("error"),
+            "nix-store --verify --check-contents: {verr}"
+        );
+    }
+    // The kernel: every store path equals its source.
     let m = Mount::new(&img);
     let root_entries: Vec<String> = fs::read_dir(m.path())
         .unwrap()
