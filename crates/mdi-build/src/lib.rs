@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+pub mod layout;
 pub mod spec;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -170,64 +171,89 @@ fn add_content(tree: &mut Tree, c: &spec::ContentEntry, sde: i64, dir_meta: &Met
 /// Runs a whole build into `out_dir`.
 pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     if spec.format != "raw" {
-        bail!(
-            "format '{}' is not implemented yet (only raw is); use --format raw",
-            spec.format
-        );
-    }
-    if spec.partition_table_type != "none" {
-        bail!(
-            "partitionTableType '{}' is not implemented yet; use --partition-table-type none",
-            spec.partition_table_type
-        );
+        bail!("format '{}' is not implemented yet (only raw is); use --format raw", spec.format);
     }
     if spec.fs_type != "ext4" {
         bail!("fsType '{}' is not implemented yet; use ext4", spec.fs_type);
     }
     let sde = source_date_epoch(spec)?;
     let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
-    let tree = collect(spec, sde)?;
+    let boot_size = spec::parse_iec_value(&spec.boot_size).ok_or_else(|| anyhow!("bootSize '{}' is not a size like 256M", spec.boot_size))?;
+    let mut plan = layout::Plan::new(&spec.partition_table_type, layout::boot_end(boot_size), &seed, Uuid::parse(&spec.root_gpuid)?)?;
+    let mut tree = collect(spec, sde)?;
+    // Boot partitions are mounted over /boot (and /efi): their content comes from there,
+    // and the root keeps the empty mount points.
+    for p in &plan.parts {
+        if let layout::Role::Fat { mount, .. } = p.role {
+            let dir_meta = Meta::root(0o755, Timestamp::from_secs(sde));
+            if tree.lookup(mount.as_bytes()).is_none() {
+                let (parent, name) = tree.make_parents(mount.as_bytes(), &dir_meta)?;
+                tree.add(parent, &name, dir_meta, mdi_tree::Kind::Dir { children: Vec::new() }, None)?;
+            }
+        }
+    }
+    tree.finish();
 
-    std::fs::create_dir_all(out_dir).with_context(|| {
-        format!(
-            "cannot create output folder '{}'; choose a writable folder with -o",
-            out_dir.display()
-        )
-    })?;
-    let out_dir = out_dir
-        .canonicalize()
-        .with_context(|| format!("output folder '{}'", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create output folder '{}'; choose a writable folder with -o", out_dir.display()))?;
+    let out_dir = out_dir.canonicalize().with_context(|| format!("output folder '{}'", out_dir.display()))?;
     let file_name = format!("{}.{}", spec.base_name, spec.extension());
     let final_path = out_dir.join(&file_name);
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{file_name}."))
         .suffix(".partial")
         .tempfile_in(&out_dir)
-        .with_context(|| {
-            format!(
-                "output folder '{}' is not writable; choose another with -o",
-                out_dir.display()
-            )
-        })?;
+        .with_context(|| format!("output folder '{}' is not writable; choose another with -o", out_dir.display()))?;
+    let file = tmp.as_file().try_clone().context("output file")?;
+    let mut sink = RawSink::new(file);
+    let write_err = |io: std::io::Error| anyhow!("cannot write the image in '{}': {io}; free space there or choose another output folder with -o", out_dir.display());
 
+    // Boot partitions (fixed sizes), filled from their mount point's subtree.
+    let mut filesystems = Vec::new();
+    for p in &plan.parts {
+        let layout::Role::Fat { label, mount } = p.role else { continue };
+        let id = tree.lookup(mount.as_bytes()).expect("mount point made above");
+        if !matches!(tree.get(id).kind, mdi_tree::Kind::Dir { .. }) {
+            bail!("'{mount}' in the image must be a folder: it is where the {label} partition is mounted");
+        }
+        let end = p.end.expect("boot partitions have fixed ends");
+        let opts = mdi_fat::Options { volume_id: layout::fat_volume_id(p.guid), label: label.to_string(), time: sde, hidden_sectors: (p.start / 512) as u32 };
+        let mut part_sink = mdi_sink::OffsetSink { inner: &mut sink, offset: p.start };
+        let r = mdi_fat::write(&tree, id, end - p.start, &opts, &mut part_sink).map_err(|e| match e {
+            mdi_fat::Error::Write(io) => write_err(io),
+            mdi_fat::Error::TooSmall { need, .. } => anyhow!(
+                "bootSize is too small: the {label} partition ({} MiB) cannot hold the files below {mount}; it needs {} MiB, so set bootSize to at least {}M",
+                (end - p.start) / layout::MIB,
+                need.div_ceil(layout::MIB),
+                (p.start + need).div_ceil(layout::MIB)
+            ),
+            e => anyhow::Error::new(e).context(format!("the {label} partition ({mount})")),
+        })?;
+        filesystems.push(json!({
+            "role": if mount == "/efi" { "esp" } else if label == "ESP" { "esp" } else { "boot" },
+            "partition": p.number,
+            "type": if r.fat_type == mdi_fat::FatType::Fat32 { "fat32" } else { "fat16" },
+            "offset": p.start,
+            "size": end - p.start,
+            "label": label,
+            "volumeId": format!("{:08X}", opts.volume_id),
+            "clusterBytes": r.cluster_bytes,
+            "clusters": r.clusters,
+            "freeClusters": r.free_clusters,
+        }));
+        tree.clear_dir(id);
+    }
+
+    // The root filesystem.
+    let root_start = plan.root().start;
     let fs_uuid = match &spec.root_fsuid {
         Some(u) => Uuid::parse(u)?,
         None if spec.only_nix_store => seed.uuid(b"nix-store-fs-uuid"),
         None => Uuid::parse(&spec.root_gpuid)?,
     };
-    let label = spec.label.clone().unwrap_or_else(|| {
-        if spec.only_nix_store {
-            "nix-store".into()
-        } else {
-            "nixos".into()
-        }
-    });
+    let label = spec.label.clone().unwrap_or_else(|| if spec.only_nix_store { "nix-store".into() } else { "nixos".into() });
     let size = match spec.disk_size()? {
-        DiskSize::Auto => mdi_ext4::SizeRequest::Auto {
-            extra_bytes: spec.additional_space()?,
-            align_bytes: 1 << 20,
-        },
-        DiskSize::Bytes(b) => mdi_ext4::SizeRequest::Fixed { bytes: b },
+        DiskSize::Auto => mdi_ext4::SizeRequest::Auto { extra_bytes: spec.additional_space()?, align_bytes: layout::MIB },
+        DiskSize::Bytes(b) => mdi_ext4::SizeRequest::Fixed { bytes: plan.root_size_for_disk(b)? },
     };
     let opts = mdi_ext4::Options {
         size,
@@ -238,24 +264,66 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         cancel: ctx.cancel.clone(),
         progress: ctx.progress.clone(),
     };
-    let file = tmp.as_file().try_clone().context("output file")?;
-    let mut sink = RawSink::new(file);
-    let report = mdi_ext4::write(&tree, &opts, &mut sink).map_err(|e| match e {
-        mdi_ext4::Error::TooSmall { need, have } => anyhow!(
-            "diskSize is too small: the image needs at least {need} bytes ({} MiB) but diskSize gives {have} bytes; set diskSize to at least {} or to \"auto\"",
-            need.div_ceil(1 << 20),
-            need.div_ceil(1 << 20)
-        ),
-        mdi_ext4::Error::Write(io) => anyhow!(
-            "cannot write the image in '{}': {io}; free space there or choose another output folder with -o",
-            out_dir.display()
-        ),
-        e => anyhow::Error::new(e),
-    })?;
-    let disk_bytes = report.bytes;
+    let report = {
+        let mut part_sink = mdi_sink::OffsetSink { inner: &mut sink, offset: root_start };
+        mdi_ext4::write(&tree, &opts, &mut part_sink).map_err(|e| match e {
+            mdi_ext4::Error::TooSmall { need, have } => {
+                let extra = plan.disk_size(0);
+                anyhow!(
+                    "diskSize is too small: the root filesystem needs at least {need} bytes but the disk leaves it {have} bytes; set diskSize to at least {} (MiB) or to \"auto\"",
+                    (need + extra).div_ceil(layout::MIB)
+                )
+            }
+            mdi_ext4::Error::Write(io) => write_err(io),
+            e => anyhow::Error::new(e),
+        })?
+    };
+    let root_size = match size {
+        mdi_ext4::SizeRequest::Fixed { bytes } => bytes,
+        _ => report.bytes,
+    };
+    let disk_bytes = match spec.disk_size()? {
+        DiskSize::Bytes(b) => b,
+        DiskSize::Auto => plan.disk_size(root_size),
+    };
+    plan.finish(root_size);
+    for (off, bytes) in plan.encode(disk_bytes, &seed)? {
+        mdi_sink::Sink::write_at(&mut sink, off, &bytes).map_err(write_err)?;
+    }
     sink.finish(disk_bytes)
         .with_context(|| format!("cannot finish the image in '{}'; free space there or choose another output folder with -o", out_dir.display()))?;
     let sha256 = sha256_file(tmp.path())?;
+    filesystems.push(json!({
+        "role": "root",
+        "partition": plan.root().number,
+        "type": "ext4",
+        "offset": root_start,
+        "size": report.bytes,
+        "uuid": fs_uuid.to_string(),
+        "label": label,
+        "blocks": report.blocks,
+        "freeBlocks": report.free_blocks,
+        "inodes": report.inodes,
+        "freeInodes": report.free_inodes,
+        "groups": report.groups,
+        "dataBytes": report.data_bytes,
+    }));
+    let partitions: Vec<serde_json::Value> = plan
+        .parts
+        .iter()
+        .filter(|_| plan.table != layout::Table::None)
+        .map(|p| {
+            json!({
+                "number": p.number,
+                "start": p.start,
+                "size": p.end.expect("finished") - p.start,
+                "type": if plan.table == layout::Table::Gpt { p.gpt_type.to_string() } else { format!("0x{:02x}", p.mbr_type) },
+                "name": p.name,
+                "guid": (plan.table == layout::Table::Gpt).then(|| p.guid.to_string()),
+                "bootable": p.bootable,
+            })
+        })
+        .collect();
 
     let manifest = json!({
         "tool": "make-disk-image",
@@ -267,21 +335,8 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             "sha256": sha256,
         },
         "partitionTableType": spec.partition_table_type,
-        "partitions": [],
-        "filesystems": [{
-            "role": "root",
-            "type": "ext4",
-            "offset": 0,
-            "size": report.bytes,
-            "uuid": fs_uuid.to_string(),
-            "label": label,
-            "blocks": report.blocks,
-            "freeBlocks": report.free_blocks,
-            "inodes": report.inodes,
-            "freeInodes": report.free_inodes,
-            "groups": report.groups,
-            "dataBytes": report.data_bytes,
-        }],
+        "partitions": partitions,
+        "filesystems": filesystems,
         "sourceDateEpoch": sde,
         "spec": spec,
     });
@@ -292,38 +347,16 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         }
         let t = tempfile::NamedTempFile::new_in(p.parent().unwrap_or(&out_dir))?;
         std::fs::write(t.path(), text)?;
-        std::fs::set_permissions(
-            t.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o644),
-        )?;
+        std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         t.persist(&p).map_err(|e| e.error)?;
         Ok(())
     };
-    let fmt_name = if spec.format == "qcow2-compressed" {
-        "qcow2"
-    } else {
-        spec.format.as_str()
-    };
-    write_small(
-        "manifest.json",
-        serde_json::to_string_pretty(&manifest)? + "\n",
-    )?;
-    write_small(
-        "nix-support/hydra-build-products",
-        format!("file {fmt_name}-image {}\n", final_path.display()),
-    )?;
+    let fmt_name = if spec.format == "qcow2-compressed" { "qcow2" } else { spec.format.as_str() };
+    write_small("manifest.json", serde_json::to_string_pretty(&manifest)? + "\n")?;
+    write_small("nix-support/hydra-build-products", format!("file {fmt_name}-image {}\n", final_path.display()))?;
     // tempfile creates 0600; an image is an ordinary build product.
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
-    tmp.persist(&final_path).map_err(|e| {
-        anyhow!(
-            "cannot move the image to '{}': {}",
-            final_path.display(),
-            e.error
-        )
-    })?;
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    tmp.persist(&final_path).map_err(|e| anyhow!("cannot move the image to '{}': {}", final_path.display(), e.error))?;
     if let Some(script) = &spec.post_vm {
         let status = std::process::Command::new("sh")
             .arg("-c")
@@ -337,10 +370,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             bail!("postVM exited with {status}");
         }
     }
-    Ok(Outcome {
-        image: final_path,
-        manifest,
-    })
+    Ok(Outcome { image: final_path, manifest })
 }
 
 fn sha256_file(p: &Path) -> Result<String> {

@@ -307,6 +307,15 @@ pub fn parse_iec(s: &str) -> Option<u64> {
     num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }
 
+/// A size given as a JSON number (bytes) or an IEC string.
+pub fn parse_iec_value(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => parse_iec(s),
+        _ => None,
+    }
+}
+
 /// Disk size as requested.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskSize {
@@ -351,6 +360,9 @@ impl Spec {
         )?;
         self.disk_size()?;
         self.additional_space()?;
+        if parse_iec_value(&self.boot_size).is_none() {
+            return Err(SpecError::BadValue { key: "bootSize".into(), what: format!("{} is not a size like 256M", self.boot_size) });
+        }
         if self.base_name.is_empty()
             || self.base_name.contains('/')
             || self.base_name.starts_with('.')

@@ -364,6 +364,24 @@ impl Tree {
         }
     }
 
+    /// Empties a directory, keeping the directory itself (its former children become
+    /// unreachable and are ignored by every writer, which walks from the root). Used to
+    /// leave `/boot` as a mount point once its content went to a boot partition.
+    pub fn clear_dir(&mut self, id: EntryId) {
+        if let Kind::Dir { children } = &mut self.entries[id as usize].kind {
+            children.clear();
+        }
+    }
+
+    /// Resolves an absolute image path to an entry.
+    pub fn lookup(&self, path: &[u8]) -> Option<EntryId> {
+        let mut cur = ROOT;
+        for c in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            cur = self.child(cur, c)?;
+        }
+        Some(cur)
+    }
+
     /// Applies `f` to the metadata of every entry below (and including) `id`.
     pub fn for_each_below(&mut self, id: EntryId, mut f: impl FnMut(&mut Entry)) {
         let mut stack = vec![id];
