@@ -13,7 +13,6 @@ use mdi_tree::{scan_host, Meta, ScanOptions, Timestamp, Tree};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use spec::{DiskSize, Spec};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
@@ -180,7 +179,15 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
     let boot_size = spec::parse_iec_value(&spec.boot_size).ok_or_else(|| anyhow!("bootSize '{}' is not a size like 256M", spec.boot_size))?;
     let mut plan = layout::Plan::new(&spec.partition_table_type, layout::boot_end(boot_size), &seed, Uuid::parse(&spec.root_gpuid)?)?;
+    let t0 = std::time::Instant::now();
+    let trace = std::env::var_os("MDI_TRACE").is_some();
+    let phase = |what: &str| {
+        if trace {
+            eprintln!("[build {:>7.3}s] {what}", t0.elapsed().as_secs_f64());
+        }
+    };
     let mut tree = collect(spec, sde)?;
+    phase("tree collected");
     // Boot partitions are mounted over /boot (and /efi): their content comes from there,
     // and the root keeps the empty mount points.
     for p in &plan.parts {
@@ -290,9 +297,19 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     for (off, bytes) in plan.encode(disk_bytes, &seed)? {
         mdi_sink::Sink::write_at(&mut sink, off, &bytes).map_err(write_err)?;
     }
-    sink.finish(disk_bytes)
+    let file = sink
+        .finish_unsynced(disk_bytes)
         .with_context(|| format!("cannot finish the image in '{}'; free space there or choose another output folder with -o", out_dir.display()))?;
-    let sha256 = sha256_file(tmp.path())?;
+    phase("image written");
+    // Flushing to disk and hashing the image both take a while: do them at once.
+    let (synced, sha256) = std::thread::scope(|s| {
+        let sync = s.spawn(|| file.sync_all());
+        let sha = sha256_file(tmp.path());
+        (sync.join().expect("sync thread"), sha)
+    });
+    synced.with_context(|| format!("cannot flush the image in '{}'; free space there or choose another output folder with -o", out_dir.display()))?;
+    let sha256 = sha256_file_result(sha256)?;
+    phase("image flushed and hashed");
     filesystems.push(json!({
         "role": "root",
         "partition": plan.root().number,
@@ -373,16 +390,43 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     Ok(Outcome { image: final_path, manifest })
 }
 
-fn sha256_file(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p)?;
+fn sha256_file_result(r: std::io::Result<String>) -> Result<String> {
+    r.context("hashing the image")
+}
+
+/// SHA-256 of a (sparse) file. Holes are fed from a zero buffer instead of being read.
+fn sha256_file(p: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(p)?;
+    let len = f.metadata()?.len();
     let mut h = Sha256::new();
+    let zeros = vec![0u8; 1 << 20];
     let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(d) => d.min(len),
+            Err(rustix::io::Errno::NXIO) => len,
+            Err(_) => pos,
+        };
+        while pos < data {
+            let n = (data - pos).min(zeros.len() as u64) as usize;
+            h.update(&zeros[..n]);
+            pos += n as u64;
+        }
+        if pos >= len {
             break;
         }
-        h.update(&buf[..n]);
+        let hole = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(pos)) {
+            Ok(e) => e.min(len),
+            Err(_) => len,
+        };
+        while pos < hole {
+            let n = (hole - pos).min(buf.len() as u64) as usize;
+            f.read_exact_at(&mut buf[..n], pos)?;
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
     }
     Ok(hex::encode(h.finalize()))
 }

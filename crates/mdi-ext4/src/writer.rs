@@ -75,6 +75,13 @@ fn check_cancel(opts: &Options) -> Result<(), Error> {
 
 /// Writes `tree` as an ext4 filesystem into `sink` (byte 0 = the filesystem's first byte).
 pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report, Error> {
+    let t0 = std::time::Instant::now();
+    let trace = std::env::var_os("MDI_TRACE").is_some();
+    let phase = |what: &str| {
+        if trace {
+            eprintln!("[ext4 {:>8.3}s] {what}", t0.elapsed().as_secs_f64());
+        }
+    };
     let fs_seed = fs_seed(&opts.uuid);
     let mut hash_seed = [0u32; 4];
     for (i, w) in hash_seed.iter_mut().enumerate() {
@@ -343,6 +350,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         node.inode = node_inode;
     }
 
+    phase("metadata before data placed");
     // ---- 4. File data, streamed in inode order.
     let jobs: Vec<(usize, &FileData, u64)> = nodes
         .iter()
@@ -354,6 +362,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         .collect();
     let data_bytes = stream_data(&jobs, &mut nodes, &mut alloc, sink, opts)?;
 
+    phase("data streamed");
     // ---- 5. Extent-tree blocks for inodes with more than four extents.
     let mut tree_blocks: Vec<(usize, Vec<u64>)> = Vec::new();
     for (idx, n) in nodes.iter_mut().enumerate() {
@@ -474,6 +483,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         sink.write_at(b * BLOCK_SIZE, data).map_err(Error::Write)?;
     }
 
+    phase("tail placed");
     // ---- 7. Bitmaps and inode tables.
     let mut used: Vec<Run> = vec![(0, 1 + desc + reserved)];
     for &g in &backups {
@@ -589,6 +599,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
             .map_err(Error::Write)?;
     }
 
+    phase("done");
     Ok(Report {
         bytes: blocks * BLOCK_SIZE,
         blocks,

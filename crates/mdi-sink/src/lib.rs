@@ -33,8 +33,15 @@ impl RawSink {
 
     /// Sets the final length (the tail becomes a hole), flushes and returns the file.
     pub fn finish(self, len: u64) -> io::Result<File> {
+        let f = self.finish_unsynced(len)?;
+        f.sync_all()?;
+        Ok(f)
+    }
+
+    /// Sets the final length and returns the file without waiting for the disk, so the
+    /// caller can overlap `sync_all` with other work (hashing the image).
+    pub fn finish_unsynced(self, len: u64) -> io::Result<File> {
         self.file.set_len(len)?;
-        self.file.sync_all()?;
         Ok(self.file)
     }
 
