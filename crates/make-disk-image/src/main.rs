@@ -224,15 +224,28 @@ fn run() -> Result<()> {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&outcome.manifest)?);
             } else {
-                let fs = &outcome.manifest["filesystems"][0];
+                let m = &outcome.manifest;
                 println!(
-                    "{}: {} bytes, ext4 {} ({} of {} blocks free)",
+                    "{}: {} bytes, {}",
                     outcome.image.display(),
-                    outcome.manifest["image"]["virtualSize"],
-                    fs["uuid"].as_str().unwrap_or(""),
-                    fs["freeBlocks"],
-                    fs["blocks"]
+                    m["image"]["virtualSize"],
+                    m["partitionTableType"].as_str().unwrap_or("")
                 );
+                for fs in m["filesystems"].as_array().into_iter().flatten() {
+                    let id = fs["uuid"]
+                        .as_str()
+                        .or(fs["volumeId"].as_str())
+                        .unwrap_or("");
+                    println!(
+                        "  {} {} '{}' {} at byte {}, {} bytes",
+                        fs["role"].as_str().unwrap_or(""),
+                        fs["type"].as_str().unwrap_or(""),
+                        fs["label"].as_str().unwrap_or(""),
+                        id,
+                        fs["offset"],
+                        fs["size"]
+                    );
+                }
             }
             Ok(())
         }

@@ -23,7 +23,10 @@ pub enum Role {
     /// The root ext4 filesystem.
     Root,
     /// A FAT filesystem with this label, filled from this image path (`/boot`, `/efi`).
-    Fat { label: &'static str, mount: &'static str },
+    Fat {
+        label: &'static str,
+        mount: &'static str,
+    },
     /// A BIOS boot partition (GRUB's core.img; empty until a boot loader is installed).
     BiosBoot,
 }
@@ -78,7 +81,13 @@ impl Plan {
             name,
             guid: root_guid,
         };
-        let fat = |number: u32, label: &'static str, mount: &'static str, start: u64, end: u64, gpt_type: &'static str, name: &'static str| Part {
+        let fat = |number: u32,
+                   label: &'static str,
+                   mount: &'static str,
+                   start: u64,
+                   end: u64,
+                   gpt_type: &'static str,
+                   name: &'static str| Part {
             number,
             role: Role::Fat { label, mount },
             start,
@@ -103,7 +112,7 @@ impl Plan {
         let need_boot = |from: u64, what: &str| -> Result<()> {
             if boot_end < from + MIN_FAT {
                 bail!(
-                    "bootSize gives a {what} from {} MiB to {} MiB, {} MiB, but it needs at least {} MiB; set bootSize to at least {}M",
+                    "bootSize is too small: the {what} spans {} MiB → bootSize ({} MiB), which leaves it {} MiB, and it needs at least {} MiB; set bootSize to at least {}M",
                     from / MIB,
                     boot_end / MIB,
                     boot_end.saturating_sub(from) / MIB,
@@ -114,27 +123,58 @@ impl Plan {
             Ok(())
         };
         Ok(match ptt {
-            "none" => Plan { table: Table::None, parts: vec![root(0, 0, "")], tail: 0 },
-            "legacy" => Plan { table: Table::Mbr, parts: vec![root(1, MIB, "")], tail: 0 },
+            "none" => Plan {
+                table: Table::None,
+                parts: vec![root(0, 0, "")],
+                tail: 0,
+            },
+            "legacy" => Plan {
+                table: Table::Mbr,
+                parts: vec![root(1, MIB, "")],
+                tail: 0,
+            },
             "legacy+boot" => {
                 need_boot(MIB, "boot partition")?;
                 let mut b = fat(1, "BOOT", "/boot", MIB, boot_end, types::ESP, "");
                 b.bootable = true;
                 b.guid = seed.uuid(b"legacy-boot-partition");
-                Plan { table: Table::Mbr, parts: vec![b, root(2, boot_end, "")], tail: 0 }
+                Plan {
+                    table: Table::Mbr,
+                    parts: vec![b, root(2, boot_end, "")],
+                    tail: 0,
+                }
             }
-            "legacy+gpt" => Plan { table: Table::Gpt, parts: vec![bios(1), root(2, 2 * MIB, "primary")], tail: MIB },
+            "legacy+gpt" => Plan {
+                table: Table::Gpt,
+                parts: vec![bios(1), root(2, 2 * MIB, "primary")],
+                tail: MIB,
+            },
             "efi" => {
                 need_boot(8 * MIB, "ESP")?;
-                Plan { table: Table::Gpt, parts: vec![fat(1, "ESP", "/boot", 8 * MIB, boot_end, types::ESP, "ESP"), root(2, boot_end, "primary")], tail: MIB }
+                Plan {
+                    table: Table::Gpt,
+                    parts: vec![
+                        fat(1, "ESP", "/boot", 8 * MIB, boot_end, types::ESP, "ESP"),
+                        root(2, boot_end, "primary"),
+                    ],
+                    tail: MIB,
+                }
             }
             "efixbootldr" => {
-                need_boot(100 * MIB, "XBOOTLDR partition (it starts after the 8–100 MiB ESP)")?;
+                need_boot(100 * MIB, "XBOOTLDR partition (after the 8–100 MiB ESP)")?;
                 Plan {
                     table: Table::Gpt,
                     parts: vec![
                         fat(1, "ESP", "/efi", 8 * MIB, 100 * MIB, types::ESP, "ESP"),
-                        fat(2, "BOOT", "/boot", 100 * MIB, boot_end, types::XBOOTLDR, "BOOT"),
+                        fat(
+                            2,
+                            "BOOT",
+                            "/boot",
+                            100 * MIB,
+                            boot_end,
+                            types::XBOOTLDR,
+                            "BOOT",
+                        ),
                         root(3, boot_end, "ROOT"),
                     ],
                     tail: MIB,
@@ -144,7 +184,11 @@ impl Plan {
                 need_boot(8 * MIB, "ESP")?;
                 Plan {
                     table: Table::Gpt,
-                    parts: vec![fat(1, "ESP", "/boot", 8 * MIB, boot_end, types::ESP, "ESP"), bios(2), root(3, boot_end, "primary")],
+                    parts: vec![
+                        fat(1, "ESP", "/boot", 8 * MIB, boot_end, types::ESP, "ESP"),
+                        bios(2),
+                        root(3, boot_end, "primary"),
+                    ],
                     tail: MIB,
                 }
             }
@@ -154,7 +198,10 @@ impl Plan {
 
     /// The root partition.
     pub fn root(&self) -> &Part {
-        self.parts.iter().find(|p| p.role == Role::Root).expect("every layout has a root")
+        self.parts
+            .iter()
+            .find(|p| p.role == Role::Root)
+            .expect("every layout has a root")
     }
 
     /// Root partition size for a fixed disk size, or an error with the minimum.
@@ -206,10 +253,18 @@ impl Plan {
                             disk >> 30
                         );
                     }
-                    parts.push(MbrPartition { bootable: p.bootable, kind: p.mbr_type, start: s, sectors: n });
+                    parts.push(MbrPartition {
+                        bootable: p.bootable,
+                        kind: p.mbr_type,
+                        start: s,
+                        sectors: n,
+                    });
                 }
                 let sig = seed.hmac(b"mbr-disk-signature");
-                let mbr = Mbr { signature: u32::from_le_bytes([sig[0], sig[1], sig[2], sig[3]]), partitions: parts };
+                let mbr = Mbr {
+                    signature: u32::from_le_bytes([sig[0], sig[1], sig[2], sig[3]]),
+                    partitions: parts,
+                };
                 vec![(0, mbr.encode(&[]).to_vec())]
             }
             Table::Gpt => {

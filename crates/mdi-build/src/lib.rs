@@ -167,18 +167,30 @@ fn add_content(tree: &mut Tree, c: &spec::ContentEntry, sde: i64, dir_meta: &Met
     Ok(())
 }
 
+/// Largest image whose SHA-256 goes into the manifest.
+const HASH_LIMIT: u64 = 16 << 30;
+
 /// Runs a whole build into `out_dir`.
 pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     if spec.format != "raw" {
-        bail!("format '{}' is not implemented yet (only raw is); use --format raw", spec.format);
+        bail!(
+            "format '{}' is not implemented yet (only raw is); use --format raw",
+            spec.format
+        );
     }
     if spec.fs_type != "ext4" {
         bail!("fsType '{}' is not implemented yet; use ext4", spec.fs_type);
     }
     let sde = source_date_epoch(spec)?;
     let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
-    let boot_size = spec::parse_iec_value(&spec.boot_size).ok_or_else(|| anyhow!("bootSize '{}' is not a size like 256M", spec.boot_size))?;
-    let mut plan = layout::Plan::new(&spec.partition_table_type, layout::boot_end(boot_size), &seed, Uuid::parse(&spec.root_gpuid)?)?;
+    let boot_size = spec::parse_iec_value(&spec.boot_size)
+        .ok_or_else(|| anyhow!("bootSize '{}' is not a size like 256M", spec.boot_size))?;
+    let mut plan = layout::Plan::new(
+        &spec.partition_table_type,
+        layout::boot_end(boot_size),
+        &seed,
+        Uuid::parse(&spec.root_gpuid)?,
+    )?;
     let t0 = std::time::Instant::now();
     let trace = std::env::var_os("MDI_TRACE").is_some();
     let phase = |what: &str| {
@@ -195,36 +207,70 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             let dir_meta = Meta::root(0o755, Timestamp::from_secs(sde));
             if tree.lookup(mount.as_bytes()).is_none() {
                 let (parent, name) = tree.make_parents(mount.as_bytes(), &dir_meta)?;
-                tree.add(parent, &name, dir_meta, mdi_tree::Kind::Dir { children: Vec::new() }, None)?;
+                tree.add(
+                    parent,
+                    &name,
+                    dir_meta,
+                    mdi_tree::Kind::Dir {
+                        children: Vec::new(),
+                    },
+                    None,
+                )?;
             }
         }
     }
     tree.finish();
 
-    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create output folder '{}'; choose a writable folder with -o", out_dir.display()))?;
-    let out_dir = out_dir.canonicalize().with_context(|| format!("output folder '{}'", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).with_context(|| {
+        format!(
+            "cannot create output folder '{}'; choose a writable folder with -o",
+            out_dir.display()
+        )
+    })?;
+    let out_dir = out_dir
+        .canonicalize()
+        .with_context(|| format!("output folder '{}'", out_dir.display()))?;
     let file_name = format!("{}.{}", spec.base_name, spec.extension());
     let final_path = out_dir.join(&file_name);
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{file_name}."))
         .suffix(".partial")
         .tempfile_in(&out_dir)
-        .with_context(|| format!("output folder '{}' is not writable; choose another with -o", out_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "output folder '{}' is not writable; choose another with -o",
+                out_dir.display()
+            )
+        })?;
     let file = tmp.as_file().try_clone().context("output file")?;
     let mut sink = RawSink::new(file);
-    let write_err = |io: std::io::Error| anyhow!("cannot write the image in '{}': {io}; free space there or choose another output folder with -o", out_dir.display());
+    let write_err = |io: std::io::Error| {
+        anyhow!("cannot write the image in '{}': {io}; free space there or choose another output folder with -o", out_dir.display())
+    };
 
     // Boot partitions (fixed sizes), filled from their mount point's subtree.
     let mut filesystems = Vec::new();
     for p in &plan.parts {
-        let layout::Role::Fat { label, mount } = p.role else { continue };
-        let id = tree.lookup(mount.as_bytes()).expect("mount point made above");
+        let layout::Role::Fat { label, mount } = p.role else {
+            continue;
+        };
+        let id = tree
+            .lookup(mount.as_bytes())
+            .expect("mount point made above");
         if !matches!(tree.get(id).kind, mdi_tree::Kind::Dir { .. }) {
             bail!("'{mount}' in the image must be a folder: it is where the {label} partition is mounted");
         }
         let end = p.end.expect("boot partitions have fixed ends");
-        let opts = mdi_fat::Options { volume_id: layout::fat_volume_id(p.guid), label: label.to_string(), time: sde, hidden_sectors: (p.start / 512) as u32 };
-        let mut part_sink = mdi_sink::OffsetSink { inner: &mut sink, offset: p.start };
+        let opts = mdi_fat::Options {
+            volume_id: layout::fat_volume_id(p.guid),
+            label: label.to_string(),
+            time: sde,
+            hidden_sectors: (p.start / 512) as u32,
+        };
+        let mut part_sink = mdi_sink::OffsetSink {
+            inner: &mut sink,
+            offset: p.start,
+        };
         let r = mdi_fat::write(&tree, id, end - p.start, &opts, &mut part_sink).map_err(|e| match e {
             mdi_fat::Error::Write(io) => write_err(io),
             mdi_fat::Error::TooSmall { need, .. } => anyhow!(
@@ -236,7 +282,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             e => anyhow::Error::new(e).context(format!("the {label} partition ({mount})")),
         })?;
         filesystems.push(json!({
-            "role": if mount == "/efi" { "esp" } else if label == "ESP" { "esp" } else { "boot" },
+            "role": if label == "ESP" { "esp" } else { "boot" },
             "partition": p.number,
             "type": if r.fat_type == mdi_fat::FatType::Fat32 { "fat32" } else { "fat16" },
             "offset": p.start,
@@ -257,10 +303,21 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         None if spec.only_nix_store => seed.uuid(b"nix-store-fs-uuid"),
         None => Uuid::parse(&spec.root_gpuid)?,
     };
-    let label = spec.label.clone().unwrap_or_else(|| if spec.only_nix_store { "nix-store".into() } else { "nixos".into() });
+    let label = spec.label.clone().unwrap_or_else(|| {
+        if spec.only_nix_store {
+            "nix-store".into()
+        } else {
+            "nixos".into()
+        }
+    });
     let size = match spec.disk_size()? {
-        DiskSize::Auto => mdi_ext4::SizeRequest::Auto { extra_bytes: spec.additional_space()?, align_bytes: layout::MIB },
-        DiskSize::Bytes(b) => mdi_ext4::SizeRequest::Fixed { bytes: plan.root_size_for_disk(b)? },
+        DiskSize::Auto => mdi_ext4::SizeRequest::Auto {
+            extra_bytes: spec.additional_space()?,
+            align_bytes: layout::MIB,
+        },
+        DiskSize::Bytes(b) => mdi_ext4::SizeRequest::Fixed {
+            bytes: plan.root_size_for_disk(b)?,
+        },
     };
     let opts = mdi_ext4::Options {
         size,
@@ -272,7 +329,10 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         progress: ctx.progress.clone(),
     };
     let report = {
-        let mut part_sink = mdi_sink::OffsetSink { inner: &mut sink, offset: root_start };
+        let mut part_sink = mdi_sink::OffsetSink {
+            inner: &mut sink,
+            offset: root_start,
+        };
         mdi_ext4::write(&tree, &opts, &mut part_sink).map_err(|e| match e {
             mdi_ext4::Error::TooSmall { need, have } => {
                 let extra = plan.disk_size(0);
@@ -301,14 +361,20 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         .finish_unsynced(disk_bytes)
         .with_context(|| format!("cannot finish the image in '{}'; free space there or choose another output folder with -o", out_dir.display()))?;
     phase("image written");
-    // Flushing to disk and hashing the image both take a while: do them at once.
+    // Flushing to disk and hashing the image both take a while: do them at once. A huge
+    // sparse image is not hashed: SHA-256 would have to run over terabytes of holes.
+    let hash_it = disk_bytes <= HASH_LIMIT;
     let (synced, sha256) = std::thread::scope(|s| {
         let sync = s.spawn(|| file.sync_all());
-        let sha = sha256_file(tmp.path());
+        let sha = if hash_it {
+            sha256_file(tmp.path()).map(Some)
+        } else {
+            Ok(None)
+        };
         (sync.join().expect("sync thread"), sha)
     });
     synced.with_context(|| format!("cannot flush the image in '{}'; free space there or choose another output folder with -o", out_dir.display()))?;
-    let sha256 = sha256_file_result(sha256)?;
+    let sha256 = sha256.context("hashing the image")?;
     phase("image flushed and hashed");
     filesystems.push(json!({
         "role": "root",
@@ -350,6 +416,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             "format": spec.format,
             "virtualSize": disk_bytes,
             "sha256": sha256,
+            "sha256Note": (!hash_it).then_some("not computed: the virtual size is above 16 GiB; hashing would read every hole"),
         },
         "partitionTableType": spec.partition_table_type,
         "partitions": partitions,
@@ -364,16 +431,38 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         }
         let t = tempfile::NamedTempFile::new_in(p.parent().unwrap_or(&out_dir))?;
         std::fs::write(t.path(), text)?;
-        std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        std::fs::set_permissions(
+            t.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )?;
         t.persist(&p).map_err(|e| e.error)?;
         Ok(())
     };
-    let fmt_name = if spec.format == "qcow2-compressed" { "qcow2" } else { spec.format.as_str() };
-    write_small("manifest.json", serde_json::to_string_pretty(&manifest)? + "\n")?;
-    write_small("nix-support/hydra-build-products", format!("file {fmt_name}-image {}\n", final_path.display()))?;
+    let fmt_name = if spec.format == "qcow2-compressed" {
+        "qcow2"
+    } else {
+        spec.format.as_str()
+    };
+    write_small(
+        "manifest.json",
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )?;
+    write_small(
+        "nix-support/hydra-build-products",
+        format!("file {fmt_name}-image {}\n", final_path.display()),
+    )?;
     // tempfile creates 0600; an image is an ordinary build product.
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    tmp.persist(&final_path).map_err(|e| anyhow!("cannot move the image to '{}': {}", final_path.display(), e.error))?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
+    tmp.persist(&final_path).map_err(|e| {
+        anyhow!(
+            "cannot move the image to '{}': {}",
+            final_path.display(),
+            e.error
+        )
+    })?;
     if let Some(script) = &spec.post_vm {
         let status = std::process::Command::new("sh")
             .arg("-c")
@@ -387,11 +476,10 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             bail!("postVM exited with {status}");
         }
     }
-    Ok(Outcome { image: final_path, manifest })
-}
-
-fn sha256_file_result(r: std::io::Result<String>) -> Result<String> {
-    r.context("hashing the image")
+    Ok(Outcome {
+        image: final_path,
+        manifest,
+    })
 }
 
 /// SHA-256 of a (sparse) file. Holes are fed from a zero buffer instead of being read.

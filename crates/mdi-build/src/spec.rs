@@ -361,7 +361,10 @@ impl Spec {
         self.disk_size()?;
         self.additional_space()?;
         if parse_iec_value(&self.boot_size).is_none() {
-            return Err(SpecError::BadValue { key: "bootSize".into(), what: format!("{} is not a size like 256M", self.boot_size) });
+            return Err(SpecError::BadValue {
+                key: "bootSize".into(),
+                what: format!("{} is not a size like 256M", self.boot_size),
+            });
         }
         if self.base_name.is_empty()
             || self.base_name.contains('/')

@@ -805,7 +805,7 @@ fn too_small(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Options, have
 // Data streaming
 
 /// Bytes of file data handed to the readers at once; bounds memory (two batches live).
-const BATCH_BYTES: u64 = 64 << 20;
+const BATCH_BYTES: u64 = 32 << 20;
 /// Largest piece of one file read by one task.
 const CHUNK_BYTES: u64 = 8 << 20;
 
@@ -823,37 +823,51 @@ struct ChunkOut {
     bytes: Vec<u8>,
 }
 
-fn read_chunk(c: &Chunk<'_>, file_size: u64) -> Result<ChunkOut, Error> {
-    let mut out = ChunkOut {
-        job: c.job,
-        runs: Vec::new(),
-        bytes: Vec::new(),
-    };
-    let push_blocks = |buf: &[u8], at: u64, out: &mut ChunkOut| {
-        for (i, blk) in buf.chunks(BS).enumerate() {
-            if is_zero(blk) {
-                continue;
-            }
-            let lb = at / BLOCK_SIZE + i as u64;
+/// Keeps the non-zero blocks of `out.bytes[from..]` (which holds data for logical bytes
+/// starting at `at`), moving them down in place, and records their runs.
+fn compact(out: &mut ChunkOut, from: usize, at: u64) {
+    // Round the tail up to a whole block (zero padding past the end of file).
+    let len = out.bytes.len().next_multiple_of(BS);
+    out.bytes.resize(len, 0);
+    let mut w = from;
+    let mut r = from;
+    while r < len {
+        if !is_zero(&out.bytes[r..r + BS]) {
+            let lb = at / BLOCK_SIZE + ((r - from) / BS) as u64;
             match out.runs.last_mut() {
                 Some((s, n)) if *s + *n == lb => *n += 1,
                 _ => out.runs.push((lb, 1)),
             }
-            out.bytes.extend_from_slice(blk);
-            if blk.len() < BS {
-                out.bytes.resize(out.bytes.len() + BS - blk.len(), 0);
+            if w != r {
+                out.bytes.copy_within(r..r + BS, w);
             }
+            w += BS;
         }
+        r += BS;
+    }
+    out.bytes.truncate(w);
+}
+
+/// Files smaller than this are read whole, without asking the source for its holes.
+const SEEK_HOLES_FROM: u64 = 256 << 10;
+
+fn read_chunk(c: &Chunk<'_>, file_size: u64) -> Result<ChunkOut, Error> {
+    let mut out = ChunkOut {
+        job: c.job,
+        runs: Vec::new(),
+        bytes: Vec::with_capacity(c.len.next_multiple_of(BLOCK_SIZE) as usize),
     };
     match c.data {
         FileData::Inline(bytes) => {
             if bytes.len() as u64 != file_size {
                 return Err(Error::SourceChanged("<generated>".into()));
             }
-            let s = &bytes[c.offset as usize..(c.offset + c.len) as usize];
-            push_blocks(s, c.offset, &mut out);
+            out.bytes
+                .extend_from_slice(&bytes[c.offset as usize..(c.offset + c.len) as usize]);
+            compact(&mut out, 0, c.offset);
         }
         FileData::Path(path) => {
+            use std::os::unix::fs::MetadataExt;
             let rerr = |source| Error::Read {
                 path: path.clone(),
                 source,
@@ -863,39 +877,41 @@ fn read_chunk(c: &Chunk<'_>, file_size: u64) -> Result<ChunkOut, Error> {
             if md.len() != file_size {
                 return Err(Error::SourceChanged(path.clone()));
             }
+            // Only a file with fewer allocated bytes than its size can have holes.
+            let maybe_sparse = file_size >= SEEK_HOLES_FROM && md.blocks() * 512 < file_size;
             let end = c.offset + c.len;
             let mut pos = c.offset;
-            let mut buf = Vec::new();
             while pos < end {
                 // Skip holes of the source without reading them (they are zero anyway).
-                let data_at = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) {
-                    Ok(p) => p,
-                    Err(rustix::io::Errno::NXIO) => end,
-                    Err(_) => pos,
-                };
-                let data_at = (data_at / BLOCK_SIZE * BLOCK_SIZE).max(pos);
-                if data_at >= end {
-                    break;
-                }
-                let hole_at = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(data_at)) {
-                    Ok(p) => p.min(end),
-                    Err(_) => end,
-                };
-                let hole_at = if hole_at < end {
-                    hole_at.next_multiple_of(BLOCK_SIZE).min(end)
+                let (data_at, hole_at) = if maybe_sparse {
+                    let d = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) {
+                        Ok(p) => p,
+                        Err(rustix::io::Errno::NXIO) => end,
+                        Err(_) => pos,
+                    };
+                    let d = (d / BLOCK_SIZE * BLOCK_SIZE).max(pos);
+                    if d >= end {
+                        break;
+                    }
+                    let h = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(d)) {
+                        Ok(p) if p < end => p.next_multiple_of(BLOCK_SIZE).min(end),
+                        _ => end,
+                    };
+                    (d, h)
                 } else {
-                    end
+                    (pos, end)
                 };
+                let from = out.bytes.len();
                 let n = (hole_at - data_at) as usize;
-                buf.resize(n, 0);
-                read_full(&f, &mut buf, data_at).map_err(|e| {
+                out.bytes.resize(from + n, 0);
+                read_full(&f, &mut out.bytes[from..], data_at).map_err(|e| {
                     if e.kind() == io::ErrorKind::UnexpectedEof {
                         Error::SourceChanged(path.clone())
                     } else {
                         rerr(e)
                     }
                 })?;
-                push_blocks(&buf, data_at, &mut out);
+                compact(&mut out, from, data_at);
                 pos = hole_at;
             }
         }
@@ -907,38 +923,25 @@ fn read_full(f: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
     f.read_exact_at(buf, at)
 }
 
-/// Coalesces physically contiguous writes into large ones.
-struct Coalescer {
-    start: u64,
-    buf: Vec<u8>,
-}
+/// Most slices one vectored write takes (Linux IOV_MAX).
+const MAX_IOV: usize = 1024;
 
-impl Coalescer {
-    const MAX: usize = 16 << 20;
-
-    fn push(&mut self, sink: &mut dyn Sink, at: u64, data: &[u8]) -> Result<(), Error> {
-        if !self.buf.is_empty()
-            && (self.start + self.buf.len() as u64 != at || self.buf.len() + data.len() > Self::MAX)
-        {
-            self.flush(sink)?;
+/// Writes physically contiguous pieces with as few vectored writes as possible.
+fn write_pieces(sink: &mut dyn Sink, pieces: &[(u64, &[u8])]) -> Result<(), Error> {
+    let mut i = 0;
+    while i < pieces.len() {
+        let start = pieces[i].0;
+        let mut end = start + pieces[i].1.len() as u64;
+        let mut j = i + 1;
+        while j < pieces.len() && j - i < MAX_IOV && pieces[j].0 == end {
+            end += pieces[j].1.len() as u64;
+            j += 1;
         }
-        if data.len() >= Self::MAX {
-            return sink.write_at(at, data).map_err(Error::Write);
-        }
-        if self.buf.is_empty() {
-            self.start = at;
-        }
-        self.buf.extend_from_slice(data);
-        Ok(())
+        let bufs: Vec<&[u8]> = pieces[i..j].iter().map(|p| p.1).collect();
+        sink.write_vectored_at(start, &bufs).map_err(Error::Write)?;
+        i = j;
     }
-
-    fn flush(&mut self, sink: &mut dyn Sink) -> Result<(), Error> {
-        if !self.buf.is_empty() {
-            sink.write_at(self.start, &self.buf).map_err(Error::Write)?;
-            self.buf.clear();
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Reads every job's file in parallel (in bounded batches, one batch ahead of the
@@ -977,10 +980,6 @@ fn stream_data(
     }
     let sizes: Vec<u64> = jobs.iter().map(|j| j.2).collect();
     let mut stored = 0u64;
-    let mut co = Coalescer {
-        start: 0,
-        buf: Vec::with_capacity(Coalescer::MAX),
-    };
     std::thread::scope(|s| -> Result<(), Error> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<ChunkOut>, Error>>(1);
         let sizes = &sizes;
@@ -1004,7 +1003,8 @@ fn stream_data(
         });
         for _ in 0..batches.len() {
             let outs = rx.recv().map_err(|_| Error::Interrupted)??;
-            for out in outs {
+            let mut pieces: Vec<(u64, &[u8])> = Vec::new();
+            for out in &outs {
                 let idx = jobs[out.job].0;
                 let mut off = 0usize;
                 for &(lb, count) in &out.runs {
@@ -1012,7 +1012,7 @@ fn stream_data(
                     while done < count {
                         let (s, l) = alloc.run(count - done);
                         let bytes = &out.bytes[off..off + (l * BLOCK_SIZE) as usize];
-                        co.push(sink, s * BLOCK_SIZE, bytes)?;
+                        pieces.push((s * BLOCK_SIZE, bytes));
                         extent::push(&mut nodes[idx].extents, (lb + done) as u32, s, l as u32);
                         off += bytes.len();
                         done += l;
@@ -1023,10 +1023,10 @@ fn stream_data(
                     p.fetch_add(out.bytes.len() as u64, Ordering::Relaxed);
                 }
             }
+            write_pieces(sink, &pieces)?;
             check_cancel(opts)?;
         }
         Ok(())
     })?;
-    co.flush(sink)?;
     Ok(stored)
 }

@@ -28,7 +28,15 @@ pub struct Mbr {
 impl Mbr {
     /// The protective MBR of a GPT disk of `disk_sectors` (UEFI §5.2.3).
     pub fn protective(disk_sectors: u64) -> Mbr {
-        Mbr { signature: 0, partitions: vec![MbrPartition { bootable: false, kind: 0xEE, start: 1, sectors: (disk_sectors - 1).min(0xFFFF_FFFF) }] }
+        Mbr {
+            signature: 0,
+            partitions: vec![MbrPartition {
+                bootable: false,
+                kind: 0xEE,
+                start: 1,
+                sectors: (disk_sectors - 1).min(0xFFFF_FFFF),
+            }],
+        }
     }
 
     /// Encodes sector 0. `boot_code` (at most 440 bytes) goes first.
@@ -42,8 +50,16 @@ impl Mbr {
             b[o] = if p.bootable { 0x80 } else { 0 }; // boot indicator
             let protective = p.kind == 0xEE;
             // The protective entry's CHS start is 0/0/2 and its end saturated (UEFI §5.2.3).
-            let start_chs = if protective { [0x00, 0x02, 0x00] } else { chs(p.start) };
-            let end_chs = if protective { [0xFF, 0xFF, 0xFF] } else { chs(p.start + p.sectors - 1) };
+            let start_chs = if protective {
+                [0x00, 0x02, 0x00]
+            } else {
+                chs(p.start)
+            };
+            let end_chs = if protective {
+                [0xFF, 0xFF, 0xFF]
+            } else {
+                chs(p.start + p.sectors - 1)
+            };
             b[o + 1..o + 4].copy_from_slice(&start_chs); // starting CHS
             b[o + 4] = p.kind; // OS type
             b[o + 5..o + 8].copy_from_slice(&end_chs); // ending CHS

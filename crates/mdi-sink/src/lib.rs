@@ -14,6 +14,15 @@ use std::os::unix::fs::FileExt;
 pub trait Sink: Send {
     /// Writes `data` at byte `offset` of the virtual disk.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+
+    /// Writes `bufs` one after another from `offset` (file data: no copy into one buffer).
+    fn write_vectored_at(&mut self, mut offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        for b in bufs {
+            self.write_at(offset, b)?;
+            offset += b.len() as u64;
+        }
+        Ok(())
+    }
 }
 
 /// Granularity at which all-zero data is dropped.
@@ -52,6 +61,11 @@ impl RawSink {
 }
 
 impl Sink for RawSink {
+    fn write_vectored_at(&mut self, offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        // Data pieces are not scanned for zero grains: callers hand over non-zero data.
+        self.pwritev_all(offset, bufs)
+    }
+
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         // Write maximal runs of non-zero grains; skip zero grains.
         let mut i = 0;
@@ -70,6 +84,24 @@ impl Sink for RawSink {
             self.file
                 .write_all_at(&data[start..end], offset + start as u64)?;
             self.written += (end - start) as u64;
+        }
+        Ok(())
+    }
+}
+
+impl RawSink {
+    /// pwritev until everything is written (the kernel may write less than asked).
+    fn pwritev_all(&mut self, mut offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+        let mut view: &mut [io::IoSlice<'_>] = &mut slices;
+        while !view.is_empty() {
+            let n = rustix::io::pwritev(&self.file, view, offset)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            offset += n as u64;
+            self.written += n as u64;
+            io::IoSlice::advance_slices(&mut view, n);
         }
         Ok(())
     }
@@ -113,6 +145,9 @@ pub struct OffsetSink<'a> {
 impl Sink for OffsetSink<'_> {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.inner.write_at(self.offset + offset, data)
+    }
+    fn write_vectored_at(&mut self, offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        self.inner.write_vectored_at(self.offset + offset, bufs)
     }
 }
 
