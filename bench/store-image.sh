@@ -2,7 +2,7 @@
 # store-image.sh — benchmark make-disk-image's store-only ext4 image against the physical
 # floor, systemd-repart and `mkfs.ext4 -d`, on the same Nix store corpus.
 #
-#   bench/store-image.sh [--preset large|small|tiny] [--runs 3] [--work DIR]
+#   bench/store-image.sh [--preset large|small|tiny] [--runs 3] [--work DIR] [--cache warm|cold] [--cache warm|cold]
 #
 # See bench/README.md for what each pipeline does and how to read the figures.
 
@@ -11,6 +11,7 @@ export LC_ALL=C
 
 PRESET=large
 RUNS=3
+CACHE=warm
 WORK=/var/tmp/mdi-bench
 
 # Fixed identifiers, so that repeated runs do the same work.
@@ -24,10 +25,12 @@ note() { echo "$prog: $*" >&2; }
 
 usage() {
   cat <<'EOF'
-usage: bench/store-image.sh [--preset large|small|tiny] [--runs N] [--work DIR]
+usage: bench/store-image.sh [--preset large|small|tiny] [--runs N] [--work DIR] [--cache warm|cold] [--cache warm|cold]
 
   --preset P   corpus preset (default: large; large is built with --no-huge-sparse)
   --runs N     timed runs per pipeline (default: 3); the median is reported
+  --cache warm|cold  page cache before each timed run: the pipeline's inputs just read
+               (warm, default) or every cache dropped (cold)
   --work DIR   work folder: .deb cache, corpus, scratch images (default: /var/tmp/mdi-bench)
 
 Must run as root (systemd-repart attaches loop devices and mounts; the corpus generator
@@ -40,6 +43,7 @@ while [ $# -gt 0 ]; do
     --preset) PRESET="${2:?--preset needs a value}"; shift 2 ;;
     --preset=*) PRESET="${1#*=}"; shift ;;
     --runs) RUNS="${2:?--runs needs a value}"; shift 2 ;;
+    --cache) CACHE="${2:?--cache needs warm or cold}"; shift 2 ;;
     --runs=*) RUNS="${1#*=}"; shift ;;
     --work) WORK="${2:?--work needs a folder}"; shift 2 ;;
     --work=*) WORK="${1#*=}"; shift ;;
@@ -50,6 +54,7 @@ done
 
 case "$PRESET" in tiny|small|large) ;; *) die "--preset must be large, small or tiny (got '$PRESET')" ;; esac
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer (got '$RUNS')"
+case "$CACHE" in warm|cold) ;; *) die "--cache must be warm or cold (got '$CACHE')" ;; esac
 
 if [ "$(id -u)" -ne 0 ]; then
   die "must run as root: systemd-repart needs root to attach loop devices and mount the
@@ -164,6 +169,18 @@ read_all_inputs() {   # read every regular file's bytes once
   find "$@" -type f -print0 | xargs -0r cat > /dev/null
 }
 
+# Every pipeline starts from the same page-cache state: its inputs just read (warm), or
+# nothing cached at all (cold). Without this the order of the pipelines decides who pays
+# for disk reads (this VM's DAMON reclaim evicts the corpus within seconds).
+prepare() {
+  sync
+  if [ "$CACHE" = cold ]; then
+    echo 3 > /proc/sys/vm/drop_caches
+  else
+    read_all_inputs "$@"
+  fi
+}
+
 # timed NAME LOG cmd...: runs cmd under GNU time; on success appends "secs kib" to
 # $SCRATCH/NAME.times and returns 0; on failure returns the command's status.
 timed() {
@@ -198,6 +215,7 @@ declare -A FAILED=()
 
 run_mdi() {
   rm -rf -- "$MDI_OUT"
+  prepare "$STORE"
   timed mdi "$SCRATCH/mdi.log" \
     "$MDI" build --closure-info "$CORPUS/closure-info" --store-root "$CORPUS/root" \
       --only-nix-store true --partition-table-type none -o "$MDI_OUT" \
@@ -210,6 +228,7 @@ run_mdi() {
 
 run_floor() {
   rm -f -- "$FLOOR_IMG"
+  prepare "$STORE"
   # Read every input byte once, then write the image's allocated bytes and fsync.
   timed floor "$SCRATCH/floor.log" bash -c '
       set -euo pipefail
@@ -239,6 +258,7 @@ EOF
 run_repart() {
   [ -n "${FAILED[repart]:-}" ] && return 0
   rm -f -- "$REPART_IMG"
+  prepare "$STORE"
   if ! timed repart "$SCRATCH/repart.log" \
       systemd-repart --no-pager --definitions="$REPART_DEFS" --empty=create \
         --size="$REPART_DISK" --dry-run=no --seed="$SEED_UUID" "$REPART_IMG"; then
@@ -253,6 +273,7 @@ run_repart() {
 run_mkfs() {
   [ -n "${FAILED[mkfs]:-}" ] && return 0
   rm -f -- "$MKFS_IMG"
+  prepare "$MKFS_TREE"
   if ! timed mkfs "$SCRATCH/mkfs.log" \
       faketime '2000-01-01 00:00:00' fakeroot \
         mkfs.ext4 -q -F -b 4096 -I 256 -U "$FS_UUID" -E hash_seed="$HASH_SEED" \
@@ -305,7 +326,7 @@ label() {
 }
 
 echo
-echo "== store-only ext4 image benchmark: preset $PRESET, $RUNS run(s), $(nproc) CPUs, $(uname -r)"
+echo "== store-only ext4 image benchmark: preset $PRESET, $RUNS run(s), $CACHE cache, $(nproc) CPUs, $(uname -r)"
 echo "input:  $(stat_of store_paths) store paths, $(group "$(stat_of entries)") entries" \
      "($(group "$(stat_of regular_files)") files, $(group "$(stat_of directories)") dirs," \
      "$(group "$(stat_of symlinks)") symlinks), $(group "$(stat_of apparent_bytes)") bytes" \
