@@ -167,14 +167,76 @@ fn add_content(tree: &mut Tree, c: &spec::ContentEntry, sde: i64, dir_meta: &Met
     Ok(())
 }
 
+/// The output format's writer over the (empty) output file.
+fn container_for(
+    spec: &Spec,
+    file: std::fs::File,
+    seed: &Seed,
+    sde: i64,
+) -> Result<Box<dyn mdi_container::Container>> {
+    use mdi_container::{Compression, Qcow2, Vdi, Vhd};
+    let opt = |k: &str| {
+        spec.format_options
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    for k in spec.format_options.keys() {
+        let known: &[&str] = match spec.format.as_str() {
+            "qcow2-compressed" => &["compression"],
+            "vpc" => &["subformat"],
+            _ => &[],
+        };
+        if !known.contains(&k.as_str()) {
+            bail!(
+                "formatOptions.{k} is not an option of format '{}'{}",
+                spec.format,
+                if known.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (it takes: {})", known.join(", "))
+                }
+            );
+        }
+    }
+    Ok(match spec.format.as_str() {
+        "raw" => Box::new(RawSink::new(file)),
+        "qcow2" => Box::new(Qcow2::new(file, Compression::None)),
+        "qcow2-compressed" => Box::new(Qcow2::new(
+            file,
+            match opt("compression").as_deref() {
+                None | Some("deflate") | Some("zlib") => Compression::Deflate,
+                Some("zstd") => Compression::Zstd,
+                Some(o) => bail!("formatOptions.compression '{o}' is not deflate or zstd"),
+            },
+        )),
+        "vpc" => Box::new(Vhd::new(
+            file,
+            match opt("subformat").as_deref() {
+                None | Some("dynamic") => false,
+                Some("fixed") => true,
+                Some(o) => bail!("formatOptions.subformat '{o}' is not dynamic or fixed"),
+            },
+            sde,
+            seed.uuid(b"vhd-unique-id").0,
+        )),
+        "vdi" => Box::new(Vdi::new(
+            file,
+            seed.uuid(b"vdi-image-uuid").0,
+            seed.uuid(b"vdi-last-snapshot-uuid").0,
+        )),
+        other => bail!("format '{other}' is not implemented yet"),
+    })
+}
+
 /// Largest image whose SHA-256 goes into the manifest.
 const HASH_LIMIT: u64 = 16 << 30;
 
 /// Runs a whole build into `out_dir`.
 pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
-    if spec.format != "raw" {
+    if spec.format == "vmdk" || spec.format == "vhdx" {
         bail!(
-            "format '{}' is not implemented yet (only raw is); use --format raw",
+            "format '{}' is not implemented yet; use raw, qcow2, qcow2-compressed, vdi or vpc",
             spec.format
         );
     }
@@ -243,7 +305,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             )
         })?;
     let file = tmp.as_file().try_clone().context("output file")?;
-    let mut sink = RawSink::new(file);
+    let mut sink = container_for(spec, file, &seed, sde)?;
     let write_err = |io: std::io::Error| {
         anyhow!("cannot write the image in '{}': {io}; free space there or choose another output folder with -o", out_dir.display())
     };
@@ -268,7 +330,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             hidden_sectors: (p.start / 512) as u32,
         };
         let mut part_sink = mdi_sink::OffsetSink {
-            inner: &mut sink,
+            inner: &mut *sink,
             offset: p.start,
         };
         let r = mdi_fat::write(&tree, id, end - p.start, &opts, &mut part_sink).map_err(|e| match e {
@@ -330,7 +392,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     };
     let report = {
         let mut part_sink = mdi_sink::OffsetSink {
-            inner: &mut sink,
+            inner: &mut *sink,
             offset: root_start,
         };
         mdi_ext4::write(&tree, &opts, &mut part_sink).map_err(|e| match e {
@@ -355,15 +417,16 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     };
     plan.finish(root_size);
     for (off, bytes) in plan.encode(disk_bytes, &seed)? {
-        mdi_sink::Sink::write_at(&mut sink, off, &bytes).map_err(write_err)?;
+        mdi_sink::Sink::write_at(&mut *sink, off, &bytes).map_err(write_err)?;
     }
     let file = sink
-        .finish_unsynced(disk_bytes)
+        .finish(disk_bytes)
         .with_context(|| format!("cannot finish the image in '{}'; free space there or choose another output folder with -o", out_dir.display()))?;
     phase("image written");
     // Flushing to disk and hashing the image both take a while: do them at once. A huge
     // sparse image is not hashed: SHA-256 would have to run over terabytes of holes.
-    let hash_it = disk_bytes <= HASH_LIMIT;
+    let file_bytes = file.metadata()?.len();
+    let hash_it = file_bytes <= HASH_LIMIT;
     let (synced, sha256) = std::thread::scope(|s| {
         let sync = s.spawn(|| file.sync_all());
         let sha = if hash_it {
@@ -415,8 +478,9 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             "file": file_name,
             "format": spec.format,
             "virtualSize": disk_bytes,
+            "fileSize": file_bytes,
             "sha256": sha256,
-            "sha256Note": (!hash_it).then_some("not computed: the virtual size is above 16 GiB; hashing would read every hole"),
+            "sha256Note": (!hash_it).then_some("not computed: the file is above 16 GiB (a raw image is mostly holes; hashing would read every one)"),
         },
         "partitionTableType": spec.partition_table_type,
         "partitions": partitions,

@@ -986,15 +986,28 @@ fn stream_data(
         let batches = &batches;
         let cancel = opts.cancel.clone();
         s.spawn(move || {
+            // Reading is mostly waiting for the disk: keep more reads in flight than there
+            // are cores. The order of the output does not depend on it.
+            let readers = rayon::ThreadPoolBuilder::new()
+                .num_threads((rayon::current_num_threads() * 4).clamp(4, 32))
+                .build();
+            let Ok(readers) = readers else {
+                let _ = tx.send(Err(Error::Write(io::Error::other(
+                    "cannot start reader threads",
+                ))));
+                return;
+            };
             for batch in batches {
                 if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
                     let _ = tx.send(Err(Error::Interrupted));
                     return;
                 }
-                let r: Result<Vec<ChunkOut>, Error> = batch
-                    .par_iter()
-                    .map(|c| read_chunk(c, sizes[c.job]))
-                    .collect();
+                let r: Result<Vec<ChunkOut>, Error> = readers.install(|| {
+                    batch
+                        .par_iter()
+                        .map(|c| read_chunk(c, sizes[c.job]))
+                        .collect()
+                });
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {
                     return;
