@@ -8,9 +8,11 @@ if [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # e2fsprogs: e2fsck, debugfs, dumpe2fs; attr/acl: getfattr, getfacl; util-linux:
-  # mount, losetup, blkid; nix-bin + jq: the store corpus (../shared/corpus).
+  # mount, losetup, blkid; fdisk: sfdisk; gdisk: sgdisk; dosfstools: fsck.fat; mtools:
+  # mdir, mcopy; qemu-utils: qemu-img; nix-bin + jq: the store corpus (../shared/corpus).
   apt-get install -y -qq --no-install-recommends \
-    e2fsprogs attr acl util-linux mount nix-bin jq ca-certificates >/dev/null
+    e2fsprogs attr acl util-linux mount fdisk gdisk dosfstools mtools qemu-utils \
+    nix-bin jq ca-certificates >/dev/null
 else
   echo "note: not root; the tests that need loop mounts, mknod or the Nix corpus will say SKIP" >&2
 fi
