@@ -13,9 +13,12 @@
 #![forbid(unsafe_code)]
 
 mod qcow2;
+pub mod read;
 mod store;
 mod vdi;
 mod vhd;
+mod vhdx;
+mod vmdk;
 
 pub use qcow2::{Compression, Qcow2};
 pub use vdi::Vdi;

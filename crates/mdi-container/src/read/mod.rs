@@ -1,0 +1,1 @@
+//! Readers of every image format (to be written).

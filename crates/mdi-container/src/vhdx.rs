@@ -1,0 +1,1 @@
+//! VHDX (to be written).

@@ -1,0 +1,1 @@
+//! VMDK (to be written).
