@@ -29,11 +29,7 @@ enum Cmd {
     /// file. With no spec and no inputs, builds a demo image from an embedded tree.
     Build {
         /// Spec file, then --key value pairs, -o OUTDIR, --json.
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<String>,
     },
 }
@@ -46,17 +42,7 @@ struct BuildArgs {
 
 /// A flag value as JSON: numbers, booleans, arrays and objects as such, else a string.
 fn flag_value(key: &str, v: &str) -> Value {
-    let stringy = [
-        "label",
-        "baseName",
-        "seed",
-        "rootGPUID",
-        "rootFSUID",
-        "system",
-        "channel",
-        "name",
-        "postVM",
-    ];
+    let stringy = ["label", "baseName", "seed", "rootGPUID", "rootFSUID", "system", "channel", "name", "postVM"];
     if stringy.contains(&key) {
         return Value::String(v.to_string());
     }
@@ -75,10 +61,7 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
     while i < args.len() {
         let a = &args[i];
         if a == "-o" || a == "--out" || a == "--out-dir" {
-            out = Some(PathBuf::from(
-                args.get(i + 1)
-                    .ok_or_else(|| anyhow!("{a} needs an output folder"))?,
-            ));
+            out = Some(PathBuf::from(args.get(i + 1).ok_or_else(|| anyhow!("{a} needs an output folder"))?));
             i += 2;
             continue;
         }
@@ -97,17 +80,14 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
                 let refs: Vec<&str> = kebabs.iter().map(String::as_str).collect();
                 anyhow!(spec::SpecError::UnknownFlag {
                     flag: name.to_string(),
-                    nearest: nearest(name, &refs)
-                        .and_then(|n| key_for_flag(&n).map(str::to_string))
+                    nearest: nearest(name, &refs).and_then(|n| key_for_flag(&n).map(str::to_string))
                 })
             })?;
             let value = match inline {
                 Some(v) => v,
                 None => {
                     i += 1;
-                    args.get(i)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("--{name} needs a value"))?
+                    args.get(i).cloned().ok_or_else(|| anyhow!("--{name} needs a value"))?
                 }
             };
             flags.push((key.to_string(), flag_value(key, &value)));
@@ -125,14 +105,11 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
     }
     let mut spec = match &spec_file {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| spec::SpecError::Read {
-                path: p.clone(),
-                source,
-            })?;
-            match serde_json::from_str::<Value>(&text).map_err(|source| spec::SpecError::Json {
-                path: p.clone(),
-                source,
-            })? {
+            let text =
+                std::fs::read_to_string(p).map_err(|source| spec::SpecError::Read { path: p.clone(), source })?;
+            match serde_json::from_str::<Value>(&text)
+                .map_err(|source| spec::SpecError::Json { path: p.clone(), source })?
+            {
                 Value::Object(m) => m,
                 _ => bail!("spec '{}' must be a JSON object of spec keys", p.display()),
             }
@@ -140,20 +117,8 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
         None => Map::new(),
     };
     // Relative paths in a spec file are relative to the file.
-    if let Some(dir) = spec_file
-        .as_ref()
-        .and_then(|p| p.parent())
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        for key in [
-            "closureInfo",
-            "storeRoot",
-            "rootDir",
-            "configFile",
-            "systemdBoot",
-            "grub",
-            "efiVariables",
-        ] {
+    if let Some(dir) = spec_file.as_ref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty()) {
+        for key in ["closureInfo", "storeRoot", "rootDir", "configFile", "systemdBoot", "grub", "efiVariables"] {
             if let Some(Value::String(s)) = spec.get(key) {
                 if !s.starts_with('/') {
                     let joined = dir.join(s).to_string_lossy().into_owned();
@@ -165,18 +130,12 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
     for (k, v) in flags {
         spec.insert(k, v);
     }
-    let no_inputs = !["closureInfo", "rootDir", "contents", "system"]
-        .iter()
-        .any(|k| spec.contains_key(*k));
+    let no_inputs = !["closureInfo", "rootDir", "contents", "system"].iter().any(|k| spec.contains_key(*k));
     if no_inputs && !spec.contains_key("partitionTableType") {
         // The demo: a plain filesystem image until partition layouts land.
         spec.insert("partitionTableType".into(), Value::String("none".into()));
     }
-    Ok(BuildArgs {
-        spec,
-        out: out.unwrap_or_else(|| PathBuf::from("result")),
-        json,
-    })
+    Ok(BuildArgs { spec, out: out.unwrap_or_else(|| PathBuf::from("result")), json })
 }
 
 fn run() -> Result<()> {
@@ -202,19 +161,12 @@ fn run() -> Result<()> {
                         std::thread::sleep(std::time::Duration::from_millis(200));
                         let b = p.load(Ordering::Relaxed) as f64;
                         let s = start.elapsed().as_secs_f64().max(0.001);
-                        eprint!(
-                            "\r{:.1} MiB of file data written, {:.0} MiB/s   ",
-                            b / 1048576.0,
-                            b / 1048576.0 / s
-                        );
+                        eprint!("\r{:.1} MiB of file data written, {:.0} MiB/s   ", b / 1048576.0, b / 1048576.0 / s);
                     }
                     eprint!("\r\x1b[K");
                 })
             });
-            let ctx = mdi_build::RunContext {
-                cancel: Some(cancel),
-                progress: Some(progress),
-            };
+            let ctx = mdi_build::RunContext { cancel: Some(cancel), progress: Some(progress) };
             let result = mdi_build::build(&spec, &a.out, &ctx);
             done.store(true, Ordering::Relaxed);
             if let Some(r) = reporter {
@@ -232,10 +184,7 @@ fn run() -> Result<()> {
                     m["partitionTableType"].as_str().unwrap_or("")
                 );
                 for fs in m["filesystems"].as_array().into_iter().flatten() {
-                    let id = fs["uuid"]
-                        .as_str()
-                        .or(fs["volumeId"].as_str())
-                        .unwrap_or("");
+                    let id = fs["uuid"].as_str().or(fs["volumeId"].as_str()).unwrap_or("");
                     println!(
                         "  {} {} '{}' {} at byte {}, {} bytes",
                         fs["role"].as_str().unwrap_or(""),
@@ -254,14 +203,7 @@ fn run() -> Result<()> {
 
 fn main() {
     if let Err(e) = run().context("make-disk-image") {
-        eprintln!(
-            "error: {}",
-            e.chain()
-                .skip(1)
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ")
-        );
+        eprintln!("error: {}", e.chain().skip(1).map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
         std::process::exit(1);
     }
 }

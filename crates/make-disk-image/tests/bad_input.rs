@@ -30,11 +30,7 @@ fn fails(args: &[&str], out: &Path, expect: &[&str]) -> String {
 fn tiny_closure(dir: &Path, registration: &str) -> PathBuf {
     let ci = dir.join("closure-info");
     fs::create_dir_all(&ci).unwrap();
-    fs::write(
-        ci.join("store-paths"),
-        "/nix/store/00000000000000000000000000000000-a\n",
-    )
-    .unwrap();
+    fs::write(ci.join("store-paths"), "/nix/store/00000000000000000000000000000000-a\n").unwrap();
     fs::write(ci.join("registration"), registration).unwrap();
     ci
 }
@@ -43,12 +39,7 @@ fn tiny_closure(dir: &Path, registration: &str) -> PathBuf {
 fn missing_root_dir() {
     let t = tempfile::tempdir().unwrap();
     fails(
-        &[
-            "--root-dir",
-            "/nonexistent/tree",
-            "--partition-table-type",
-            "none",
-        ],
+        &["--root-dir", "/nonexistent/tree", "--partition-table-type", "none"],
         &t.path().join("out"),
         &["rootDir '/nonexistent/tree'", "existing folder"],
     );
@@ -58,21 +49,15 @@ fn missing_root_dir() {
 fn missing_contents_source() {
     let t = tempfile::tempdir().unwrap();
     let spec = t.path().join("spec.json");
-    fs::write(&spec, r#"{"partitionTableType":"none","contents":[{"source":"/nonexistent/file","target":"/etc/x"}]}"#).unwrap();
-    fails(
-        &[spec.to_str().unwrap()],
-        &t.path().join("out"),
-        &["contents[0]", "/nonexistent/file"],
-    );
+    fs::write(&spec, r#"{"partitionTableType":"none","contents":[{"source":"/nonexistent/file","target":"/etc/x"}]}"#)
+        .unwrap();
+    fails(&[spec.to_str().unwrap()], &t.path().join("out"), &["contents[0]", "/nonexistent/file"]);
 }
 
 #[test]
 fn store_path_absent_under_store_root() {
     let t = tempfile::tempdir().unwrap();
-    let reg = format!(
-        "/nix/store/00000000000000000000000000000000-a\nsha256:{}\n8\n\n0\n",
-        "0".repeat(52)
-    );
+    let reg = format!("/nix/store/00000000000000000000000000000000-a\nsha256:{}\n8\n\n0\n", "0".repeat(52));
     let ci = tiny_closure(t.path(), &reg);
     fails(
         &[
@@ -86,31 +71,17 @@ fn store_path_absent_under_store_root() {
             "none",
         ],
         &t.path().join("out"),
-        &[
-            "00000000000000000000000000000000-a",
-            "does not exist",
-            "storeRoot",
-        ],
+        &["00000000000000000000000000000000-a", "does not exist", "storeRoot"],
     );
 }
 
 #[test]
 fn registration_that_does_not_parse() {
     let t = tempfile::tempdir().unwrap();
-    let reg = format!(
-        "/nix/store/00000000000000000000000000000000-a\nsha256:{}\nnot-a-size\n\n0\n",
-        "0".repeat(52)
-    );
+    let reg = format!("/nix/store/00000000000000000000000000000000-a\nsha256:{}\nnot-a-size\n\n0\n", "0".repeat(52));
     let ci = tiny_closure(t.path(), &reg);
     fails(
-        &[
-            "--closure-info",
-            ci.to_str().unwrap(),
-            "--only-nix-store",
-            "true",
-            "--partition-table-type",
-            "none",
-        ],
+        &["--closure-info", ci.to_str().unwrap(), "--only-nix-store", "true", "--partition-table-type", "none"],
         &t.path().join("out"),
         &["registration:3:", "NAR size"],
     );
@@ -122,15 +93,18 @@ fn contents_target_escaping_or_colliding() {
     let f = t.path().join("f");
     fs::write(&f, "x").unwrap();
     let spec = t.path().join("escape.json");
-    fs::write(&spec, format!(r#"{{"partitionTableType":"none","contents":[{{"source":"{}","target":"/etc/../../x"}}]}}"#, f.display())).unwrap();
+    fs::write(
+        &spec,
+        format!(
+            r#"{{"partitionTableType":"none","contents":[{{"source":"{}","target":"/etc/../../x"}}]}}"#,
+            f.display()
+        ),
+    )
+    .unwrap();
     fails(
         &[spec.to_str().unwrap()],
         &t.path().join("out"),
-        &[
-            "contents[0]",
-            "/etc/../../x",
-            "not a valid path inside the image",
-        ],
+        &["contents[0]", "/etc/../../x", "not a valid path inside the image"],
     );
     let spec = t.path().join("collide.json");
     fs::write(
@@ -138,11 +112,7 @@ fn contents_target_escaping_or_colliding() {
         format!(r#"{{"partitionTableType":"none","contents":[{{"source":"{0}","target":"/etc/x"}},{{"source":"{0}","target":"/etc/x"}}]}}"#, f.display()),
     )
     .unwrap();
-    fails(
-        &[spec.to_str().unwrap()],
-        &t.path().join("out"),
-        &["contents[1]", "'/etc/x' is provided twice"],
-    );
+    fails(&[spec.to_str().unwrap()], &t.path().join("out"), &["contents[1]", "'/etc/x' is provided twice"]);
 }
 
 #[test]
@@ -152,11 +122,7 @@ fn unresolvable_user() {
     fs::write(&f, "x").unwrap();
     let spec = t.path().join("spec.json");
     fs::write(&spec, format!(r#"{{"partitionTableType":"none","contents":[{{"source":"{}","target":"/x","user":"alice","group":"users"}}]}}"#, f.display())).unwrap();
-    fails(
-        &[spec.to_str().unwrap()],
-        &t.path().join("out"),
-        &["user 'alice' cannot be resolved", "numeric id"],
-    );
+    fails(&[spec.to_str().unwrap()], &t.path().join("out"), &["user 'alice' cannot be resolved", "numeric id"]);
 }
 
 #[test]
@@ -166,26 +132,12 @@ fn disk_size_too_small_states_the_minimum() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("big"), vec![1u8; 40 << 20]).unwrap();
     let err = fails(
-        &[
-            "--root-dir",
-            src.to_str().unwrap(),
-            "--partition-table-type",
-            "none",
-            "--disk-size",
-            "16",
-        ],
+        &["--root-dir", src.to_str().unwrap(), "--partition-table-type", "none", "--disk-size", "16"],
         &t.path().join("out"),
         &["diskSize is too small", "at least"],
     );
     // The stated minimum really is enough.
-    let need = err
-        .split("set diskSize to at least ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let need = err.split("set diskSize to at least ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     let out = t.path().join("ok");
     build(&[
         os("--root-dir"),
@@ -208,33 +160,22 @@ fn unknown_key_flag_and_value() {
     fails(
         &[spec.to_str().unwrap()],
         &t.path().join("out"),
-        &[
-            "unknown spec key 'partitionTableTyp'",
-            "did you mean 'partitionTableType'",
-        ],
+        &["unknown spec key 'partitionTableTyp'", "did you mean 'partitionTableType'"],
     );
-    fails(
-        &["--disk-sise", "auto"],
-        &t.path().join("out"),
-        &["unknown flag '--disk-sise'", "--disk-size"],
-    );
-    fails(
-        &["--format", "qcow"],
-        &t.path().join("out"),
-        &["format", "'qcow' is not one of", "did you mean 'qcow2'"],
-    );
+    fails(&["--disk-sise", "auto"], &t.path().join("out"), &["unknown flag '--disk-sise'", "--disk-size"]);
+    fails(&["--format", "qcow"], &t.path().join("out"), &["format", "'qcow' is not one of", "did you mean 'qcow2'"]);
 }
 
 #[test]
 fn nixpkgs_assertions() {
     let t = tempfile::tempdir().unwrap();
     let spec = t.path().join("spec.json");
-    fs::write(&spec, r#"{"onlyNixStore":true,"closureInfo":"/x","contents":[{"source":"/etc/hostname","target":"/h"}]}"#).unwrap();
-    fails(
-        &[spec.to_str().unwrap()],
-        &t.path().join("out"),
-        &["contents", "onlyNixStore"],
-    );
+    fs::write(
+        &spec,
+        r#"{"onlyNixStore":true,"closureInfo":"/x","contents":[{"source":"/etc/hostname","target":"/h"}]}"#,
+    )
+    .unwrap();
+    fails(&[spec.to_str().unwrap()], &t.path().join("out"), &["contents", "onlyNixStore"]);
 }
 
 #[test]
@@ -244,10 +185,7 @@ fn output_folder_not_writable() {
     fs::write(&file, "x").unwrap();
     let out = file.join("out");
     let err = build_fails(&[os("-o"), out.as_os_str()]);
-    assert!(
-        err.contains("cannot create output folder") && err.contains("-o"),
-        "{err}"
-    );
+    assert!(err.contains("cannot create output folder") && err.contains("-o"), "{err}");
 }
 
 #[test]
@@ -270,17 +208,9 @@ fn disk_full_while_writing() {
     let out = small.join("out");
     let res = std::panic::catch_unwind(|| {
         fails(
-            &[
-                "--root-dir",
-                src.to_str().unwrap(),
-                "--partition-table-type",
-                "none",
-            ],
+            &["--root-dir", src.to_str().unwrap(), "--partition-table-type", "none"],
             &out,
-            &[
-                "No space left on device",
-                "choose another output folder with -o",
-            ],
+            &["No space left on device", "choose another output folder with -o"],
         );
     });
     Command::new("umount").arg(&small).status().unwrap();
@@ -310,28 +240,14 @@ fn interrupted_build_leaves_nothing() {
         .unwrap();
     // Wait until the partial image exists, then interrupt.
     for _ in 0..500 {
-        if fs::read_dir(&out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-        {
+        if fs::read_dir(&out).map(|mut d| d.next().is_some()).unwrap_or(false) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    Command::new("kill")
-        .arg("-INT")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
     let o = child.wait_with_output().unwrap();
-    assert!(
-        !o.status.success(),
-        "build finished before the interrupt; make the input bigger"
-    );
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("interrupted"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(!o.status.success(), "build finished before the interrupt; make the input bigger");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&o.stderr));
     nothing_at(&out);
 }

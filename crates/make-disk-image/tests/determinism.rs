@@ -28,12 +28,7 @@ fn make_tree(root: &Path, reverse: bool) {
         let p = root.join(d).join(format!("f{i}"));
         fs::write(&p, format!("content {i}\n").repeat(i)).unwrap();
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i as u64);
-        fs::File::options()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_times(fs::FileTimes::new().set_modified(t))
-            .unwrap();
+        fs::File::options().write(true).open(&p).unwrap().set_times(fs::FileTimes::new().set_modified(t)).unwrap();
     }
     fs::hard_link(root.join("f2"), root.join("f2-link")).unwrap();
     symlink("sub/f3", root.join("link")).unwrap();
@@ -43,10 +38,7 @@ fn make_tree(root: &Path, reverse: bool) {
     // Directories get fixed times too (their mtimes change as files are created).
     for d in ["sub/deeper", "sub", ""] {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000);
-        fs::File::open(root.join(d))
-            .unwrap()
-            .set_times(fs::FileTimes::new().set_modified(t))
-            .unwrap();
+        fs::File::open(root.join(d)).unwrap().set_times(fs::FileTimes::new().set_modified(t)).unwrap();
     }
 }
 
@@ -76,21 +68,13 @@ fn same_bytes_under_changed_conditions() {
     make_tree(&a, false);
     make_tree(&b, true);
     let img1 = build_with(&a, &tmp.path().join("out1"), "UTC", "022", "1", tmp.path());
-    let img2 = build_with(
-        &b,
-        &tmp.path().join("elsewhere/out2"),
-        "Pacific/Chatham",
-        "077",
-        "7",
-        &a,
-    );
+    let img2 = build_with(&b, &tmp.path().join("elsewhere/out2"), "Pacific/Chatham", "077", "7", &a);
     assert!(img1 == img2, "images differ");
     e2fsck_clean(&tmp.path().join("out1/nixos.img"));
     // The manifest records the same image hash too.
     let m1 = fs::read_to_string(tmp.path().join("out1/manifest.json")).unwrap();
     let m2 = fs::read_to_string(tmp.path().join("elsewhere/out2/manifest.json")).unwrap();
-    let h =
-        |m: &str| serde_json::from_str::<serde_json::Value>(m).unwrap()["image"]["sha256"].clone();
+    let h = |m: &str| serde_json::from_str::<serde_json::Value>(m).unwrap()["image"]["sha256"].clone();
     assert_eq!(h(&m1), h(&m2));
 }
 
@@ -120,14 +104,6 @@ fn seed_and_epoch_change_the_bytes() {
     let base = run("o1", &["--source-date-epoch", "1700000000"]);
     assert!(base != run("o2", &["--source-date-epoch", "1700000001"]));
     assert!(
-        base != run(
-            "o3",
-            &[
-                "--source-date-epoch",
-                "1700000000",
-                "--seed",
-                "11111111-2222-4333-8444-555555555555"
-            ]
-        )
+        base != run("o3", &["--source-date-epoch", "1700000000", "--seed", "11111111-2222-4333-8444-555555555555"])
     );
 }

@@ -11,28 +11,14 @@ use std::process::Command;
 const SDE: i64 = 1_700_000_000;
 
 fn sh(cmd: &str, dir: &Path) {
-    let o = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().unwrap();
+    assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn set_mtime(p: &Path, secs: i64, nsecs: u32) {
     let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs as u64, nsecs);
-    let f = fs::File::options()
-        .write(true)
-        .open(p)
-        .or_else(|_| fs::File::open(p))
-        .unwrap();
-    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
-        .unwrap();
+    let f = fs::File::options().write(true).open(p).or_else(|_| fs::File::open(p)).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).unwrap();
 }
 
 /// A tree with every edge case of issue 2 §3.
@@ -44,10 +30,7 @@ fn edge_tree(root: &Path) {
     };
     w("plain.txt", b"hello\n");
     w("empty", b"");
-    w(
-        "dir/nested/deep.bin",
-        &(0..=255u8).cycle().take(70_000).collect::<Vec<u8>>(),
-    );
+    w("dir/nested/deep.bin", &(0..=255u8).cycle().take(70_000).collect::<Vec<u8>>());
     // Zero blocks inside a file become holes even though the source has none.
     let mut zeros_inside = vec![7u8; 4096];
     zeros_inside.extend(vec![0u8; 3 * 4096]);
@@ -87,10 +70,7 @@ fn edge_tree(root: &Path) {
     w(&"n".repeat(255), b"long name\n");
     w("sp ace\ttab", b"odd\n");
     // Special files.
-    sh(
-        "mknod chr c 1 3 && mknod blk b 7 200 && mknod bigdev c 300 70000 && mkfifo fifo",
-        root,
-    );
+    sh("mknod chr c 1 3 && mknod blk b 7 200 && mknod bigdev c 300 70000 && mkfifo fifo", root);
     let _ = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
     // Permission bits.
     w("suid", b"#!/bin/sh\n");
@@ -106,27 +86,15 @@ fn edge_tree(root: &Path) {
     sh("chown 1234:5678 owned && chown -h 42:43 sym-rel", root);
     // Extended attributes, ACLs and a file capability; one set too big for the inode.
     w("xattrs", b"x\n");
-    sh(
-        "setfattr -n user.small -v hi xattrs && setfattr -n trusted.t -v 0x0102 xattrs",
-        root,
-    );
+    sh("setfattr -n user.small -v hi xattrs && setfattr -n trusted.t -v 0x0102 xattrs", root);
     w("bigxattr", b"x\n");
-    sh(
-        &format!("setfattr -n user.big -v {} bigxattr", "v".repeat(300)),
-        root,
-    );
+    sh(&format!("setfattr -n user.big -v {} bigxattr", "v".repeat(300)), root);
     w("acl-file", b"x\n");
     sh("setfacl -m u:1000:rw,g:100:r acl-file", root);
     fs::create_dir(root.join("acl-dir")).unwrap();
-    sh(
-        "setfacl -m u:1000:rwx acl-dir && setfacl -d -m g:100:rx acl-dir",
-        root,
-    );
+    sh("setfacl -m u:1000:rwx acl-dir && setfacl -d -m g:100:rx acl-dir", root);
     w("cap", b"\x7fELF");
-    sh(
-        "setfattr -n security.capability -v 0x0100000200200000000000000000000000000000 cap",
-        root,
-    );
+    sh("setfattr -n security.capability -v 0x0100000200200000000000000000000000000000 cap", root);
     // A directory that needs an htree (more than one block of entries).
     fs::create_dir(root.join("wide")).unwrap();
     for i in 0..3000 {
@@ -165,53 +133,23 @@ fn edge_case_tree_round_trips_through_the_kernel() {
     let img = build_root_dir(&src, &tmp.path().join("out"), &[]);
     e2fsck_clean(&img);
     let m = Mount::new(&img);
-    compare_trees(
-        &src,
-        m.path(),
-        &["lost+found"],
-        &Expect {
-            sde: SDE,
-            owner: None,
-        },
-    );
+    compare_trees(&src, m.path(), &["lost+found"], &Expect { sde: SDE, owner: None });
     compare_xattrs(&src, m.path());
 
     // debugfs sees the special files and the indexed directory as built.
-    let stat = |p: &str| {
-        tool_in(
-            tmp.path(),
-            "debugfs",
-            &["-R", &format!("stat /{p}"), img.to_str().unwrap()],
-        )
-    };
+    let stat = |p: &str| tool_in(tmp.path(), "debugfs", &["-R", &format!("stat /{p}"), img.to_str().unwrap()]);
     assert!(
-        stat("chr").contains("Type: character special")
-            && stat("chr").contains("Device major/minor number: 01:03"),
+        stat("chr").contains("Type: character special") && stat("chr").contains("Device major/minor number: 01:03"),
         "{}",
         stat("chr")
     );
-    assert!(
-        stat("bigdev").contains("Device major/minor number: 300:70000"),
-        "{}",
-        stat("bigdev")
-    );
+    assert!(stat("bigdev").contains("Device major/minor number: 300:70000"), "{}", stat("bigdev"));
     assert!(stat("fifo").contains("Type: FIFO"));
     assert!(stat("sock").contains("Type: socket"));
-    assert!(
-        stat("sym-59").contains("Fast link dest"),
-        "59-byte symlink is fast: {}",
-        stat("sym-59")
-    );
-    assert!(
-        !stat("sym-60").contains("Fast link dest"),
-        "60-byte symlink lives in a block"
-    );
+    assert!(stat("sym-59").contains("Fast link dest"), "59-byte symlink is fast: {}", stat("sym-59"));
+    assert!(!stat("sym-60").contains("Fast link dest"), "60-byte symlink lives in a block");
     assert!(stat("huge").contains("Size: 5368709243"));
-    let htree = tool_in(
-        tmp.path(),
-        "debugfs",
-        &["-R", "htree /wide", img.to_str().unwrap()],
-    );
+    let htree = tool_in(tmp.path(), "debugfs", &["-R", "htree /wide", img.to_str().unwrap()]);
     assert!(
         htree.contains("Root node dump") && htree.contains("Number of entries (count):"),
         "wide/ is not indexed: {htree}"
@@ -227,15 +165,7 @@ fn empty_tree() {
     e2fsck_clean(&img);
     if is_root() {
         let m = Mount::new(&img);
-        compare_trees(
-            &src,
-            m.path(),
-            &["lost+found"],
-            &Expect {
-                sde: SDE,
-                owner: None,
-            },
-        );
+        compare_trees(&src, m.path(), &["lost+found"], &Expect { sde: SDE, owner: None });
     }
 }
 
@@ -249,36 +179,17 @@ fn hundred_thousand_files_in_one_directory() {
     for i in 0..100_000u32 {
         fs::write(
             src.join(format!("many/file-{i:08}-abcdefghij")),
-            if i % 1000 == 0 {
-                &b"data"[..]
-            } else {
-                &b""[..]
-            },
+            if i % 1000 == 0 { &b"data"[..] } else { &b""[..] },
         )
         .unwrap();
     }
     let img = build_root_dir(&src, &tmp.path().join("out"), &["--additional-space", "0"]);
     e2fsck_clean(&img);
-    let htree = tool_in(
-        tmp.path(),
-        "debugfs",
-        &["-R", "htree /many", img.to_str().unwrap()],
-    );
-    assert!(
-        htree.contains("Indirect levels: 1"),
-        "expected a two-level htree"
-    );
+    let htree = tool_in(tmp.path(), "debugfs", &["-R", "htree /many", img.to_str().unwrap()]);
+    assert!(htree.contains("Indirect levels: 1"), "expected a two-level htree");
     if is_root() {
         let m = Mount::new(&img);
-        compare_trees(
-            &src,
-            m.path(),
-            &["lost+found"],
-            &Expect {
-                sde: SDE,
-                owner: None,
-            },
-        );
+        compare_trees(&src, m.path(), &["lost+found"], &Expect { sde: SDE, owner: None });
     }
 }
 
@@ -302,29 +213,18 @@ fn store_only(preset: &str) {
     e2fsck_clean(&img);
     // Outputs of issue 2 §1.
     let products = fs::read_to_string(out.join("nix-support/hydra-build-products")).unwrap();
-    assert_eq!(
-        products,
-        format!("file raw-image {}\n", img.canonicalize().unwrap().display())
-    );
+    assert_eq!(products, format!("file raw-image {}\n", img.canonicalize().unwrap().display()));
     let manifest: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["filesystems"][0]["label"], "nix-store");
-    let label = tool_in(
-        tmp.path(),
-        "blkid",
-        &["-p", "-s", "LABEL", "-o", "value", img.to_str().unwrap()],
-    );
+    let label = tool_in(tmp.path(), "blkid", &["-p", "-s", "LABEL", "-o", "value", img.to_str().unwrap()]);
     assert_eq!(label.trim(), "nix-store");
 
     // debugfs: the wide directory of the corpus is hash-indexed.
     let paths = fs::read_to_string(corpus.join("closure-info/store-paths")).unwrap();
     if let Some(wide) = paths.lines().find(|p| p.contains("-edge-wide-dir-")) {
         let name = wide.trim_start_matches("/nix/store/");
-        let h = tool_in(
-            tmp.path(),
-            "debugfs",
-            &["-R", &format!("htree /{name}/wide"), img.to_str().unwrap()],
-        );
+        let h = tool_in(tmp.path(), "debugfs", &["-R", &format!("htree /{name}/wide"), img.to_str().unwrap()]);
         assert!(h.contains("Root node dump"), "{name}/wide is not indexed");
     }
     if !is_root() {
@@ -335,21 +235,14 @@ fn store_only(preset: &str) {
     {
         let nixroot = tempfile::tempdir().unwrap();
         // Nix writes store/.links, so the read-only image sits under a writable overlay.
-        let (upper, work, store) = (
-            nixroot.path().join("upper"),
-            nixroot.path().join("work"),
-            nixroot.path().join("nix/store"),
-        );
+        let (upper, work, store) =
+            (nixroot.path().join("upper"), nixroot.path().join("work"), nixroot.path().join("nix/store"));
         for d in [&upper, &work, &store] {
             fs::create_dir_all(d).unwrap();
         }
         let lower_m = Mount::new(&img);
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower_m.path().display(),
-            upper.display(),
-            work.display()
-        );
+        let opts =
+            format!("lowerdir={},upperdir={},workdir={}", lower_m.path().display(), upper.display(), work.display());
         assert!(Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", &opts])
             .arg(&store)
@@ -365,17 +258,11 @@ fn store_only(preset: &str) {
             ))
             .output()
             .unwrap();
-        let verify = Command::new("nix-store")
-            .args(["--store", &root_arg, "--verify", "--check-contents"])
-            .output()
-            .unwrap();
+        let verify =
+            Command::new("nix-store").args(["--store", &root_arg, "--verify", "--check-contents"]).output().unwrap();
         Command::new("umount").arg(&store).status().unwrap();
         drop(lower_m);
-        assert!(
-            load.status.success(),
-            "nix-store --load-db: {}",
-            String::from_utf8_lossy(&load.stderr)
-        );
+        assert!(load.status.success(), "nix-store --load-db: {}", String::from_utf8_lossy(&load.stderr));
         let verr = String::from_utf8_lossy(&verify.stderr);
         assert!(
             verify.status.success() && !verr.contains("modified") && !verr.contains("error"),
@@ -395,15 +282,7 @@ fn store_only(preset: &str) {
         let src = corpus.join("root/nix/store").join(name);
         let img_p = m.path().join(name);
         if fs::symlink_metadata(&src).unwrap().is_dir() {
-            compare_trees(
-                &src,
-                &img_p,
-                &[],
-                &Expect {
-                    sde: 1,
-                    owner: Some((0, 0)),
-                },
-            );
+            compare_trees(&src, &img_p, &[], &Expect { sde: 1, owner: Some((0, 0)) });
         } else {
             let a = scan(&src, &[]);
             let b = scan(&img_p, &[]);
@@ -441,16 +320,11 @@ fn htree_lookups_by_the_kernel_find_every_name() {
     }
     let img = build_root_dir(&src, &tmp.path().join("out"), &["--additional-space", "0"]);
     e2fsck_clean(&img);
-    let htree = tool_in(
-        tmp.path(),
-        "debugfs",
-        &["-R", "htree /d", img.to_str().unwrap()],
-    );
+    let htree = tool_in(tmp.path(), "debugfs", &["-R", "htree /d", img.to_str().unwrap()]);
     assert!(htree.contains("Root node dump"), "/d is not indexed");
     let m = Mount::new(&img);
     for n in &names {
-        let got = fs::read(m.path().join("d").join(n))
-            .unwrap_or_else(|e| panic!("kernel lookup of {n:?}: {e}"));
+        let got = fs::read(m.path().join("d").join(n)).unwrap_or_else(|e| panic!("kernel lookup of {n:?}: {e}"));
         assert_eq!(got, n.as_bytes());
     }
 }

@@ -16,19 +16,9 @@ const LINUX: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 const XBOOTLDR: &str = "BC13C2FF-59E6-4262-A352-B275FD6F7172";
 
 fn run(cmd: &str, args: &[&str]) -> (bool, String) {
-    let o = Command::new(cmd)
-        .args(args)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
+    let o =
+        Command::new(cmd).args(args).env("MTOOLS_SKIP_CHECK", "1").output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
 /// Boot files to put below the boot mount points (some with long names, nested).
@@ -36,10 +26,7 @@ fn boot_sources(dir: &Path) -> Vec<(PathBuf, String)> {
     let files = [
         ("loader.conf", b"timeout 3\n".to_vec()),
         ("nixos-generation-1.conf", b"title NixOS\n".to_vec()),
-        (
-            "BOOTX64.EFI",
-            (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect(),
-        ),
+        ("BOOTX64.EFI", (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect()),
         ("kernel with spaces.efi", vec![0x42; 70_000]),
         ("empty", Vec::new()),
     ];
@@ -50,11 +37,7 @@ fn boot_sources(dir: &Path) -> Vec<(PathBuf, String)> {
         .map(|(i, (n, data))| {
             let p = dir.join(n);
             fs::write(&p, data).unwrap();
-            let sub = if i % 2 == 0 {
-                "EFI/nixos"
-            } else {
-                "loader/entries"
-            };
+            let sub = if i % 2 == 0 { "EFI/nixos" } else { "loader/entries" };
             (p, format!("{sub}/{n}"))
         })
         .collect()
@@ -78,11 +61,7 @@ fn build_layout(ptt: &str, disk: &str, boot_size: &str) -> Built {
     let mut boot_files = Vec::new();
     for (i, (src, rel)) in srcs.iter().enumerate() {
         // efixbootldr: the ESP is /efi, XBOOTLDR is /boot; elsewhere /boot is the ESP/BOOT.
-        let mount = if ptt == "efixbootldr" && i % 2 == 0 {
-            "/efi"
-        } else {
-            "/boot"
-        };
+        let mount = if ptt == "efixbootldr" && i % 2 == 0 { "/efi" } else { "/boot" };
         contents.push(serde_json::json!({"source": src, "target": format!("{mount}/{rel}")}));
         boot_files.push((src.clone(), mount.to_string(), rel.clone()));
     }
@@ -99,14 +78,8 @@ fn build_layout(ptt: &str, disk: &str, boot_size: &str) -> Built {
     fs::write(&spec_path, spec.to_string()).unwrap();
     let out = dir.path().join("out");
     build(&[spec_path.as_os_str(), os("-o"), out.as_os_str()]);
-    let manifest: Value =
-        serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    Built {
-        img: out.join("nixos.img"),
-        _dir: dir,
-        manifest,
-        boot_files,
-    }
+    let manifest: Value = serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    Built { img: out.join("nixos.img"), _dir: dir, manifest, boot_files }
 }
 
 /// (start, size, type, name, uuid) of each partition as sfdisk --json reports them.
@@ -120,13 +93,7 @@ fn sfdisk(img: &Path) -> Vec<(u64, u64, String, String, String)> {
         .iter()
         .map(|p| {
             let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
-            (
-                p["start"].as_u64().unwrap(),
-                p["size"].as_u64().unwrap(),
-                s("type"),
-                s("name"),
-                s("uuid"),
-            )
+            (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap(), s("type"), s("name"), s("uuid"))
         })
         .collect()
 }
@@ -138,14 +105,8 @@ fn expected(ptt: &str, disk: u64, b: u64) -> Vec<(u64, u64, &'static str, &'stat
     match ptt {
         "legacy" => vec![(s(MIB), s(disk - MIB), "83", "")],
         "legacy+boot" => vec![(s(MIB), s(b - MIB), "c", ""), (s(b), s(disk - b), "83", "")],
-        "legacy+gpt" => vec![
-            (s(MIB), s(MIB), BIOS, "no-fs"),
-            (s(2 * MIB), s(gpt_end - 2 * MIB), LINUX, "primary"),
-        ],
-        "efi" => vec![
-            (s(8 * MIB), s(b - 8 * MIB), ESP, "ESP"),
-            (s(b), s(gpt_end - b), LINUX, "primary"),
-        ],
+        "legacy+gpt" => vec![(s(MIB), s(MIB), BIOS, "no-fs"), (s(2 * MIB), s(gpt_end - 2 * MIB), LINUX, "primary")],
+        "efi" => vec![(s(8 * MIB), s(b - 8 * MIB), ESP, "ESP"), (s(b), s(gpt_end - b), LINUX, "primary")],
         "efixbootldr" => vec![
             (s(8 * MIB), s(92 * MIB), ESP, "ESP"),
             (s(100 * MIB), s(b - 100 * MIB), XBOOTLDR, "BOOT"),
@@ -194,30 +155,21 @@ fn blkid(dev: &str) -> String {
 fn check_layout(ptt: &str, disk: &str, boot_size: &str) {
     let b = build_layout(ptt, disk, boot_size);
     let disk_bytes = fs::metadata(&b.img).unwrap().len();
-    let boot_end = (b.manifest["spec"]["bootSize"]
-        .as_str()
-        .map(|s| s.trim_end_matches('M').parse::<u64>().unwrap())
-        .unwrap())
-        * MIB;
+    let boot_end =
+        (b.manifest["spec"]["bootSize"].as_str().map(|s| s.trim_end_matches('M').parse::<u64>().unwrap()).unwrap())
+            * MIB;
     let gpt = ptt != "legacy" && ptt != "legacy+boot";
 
     // Partition table oracles.
     if gpt {
         let (ok, out) = run("sgdisk", &["-v", b.img.to_str().unwrap()]);
-        assert!(
-            ok && out.contains("No problems found"),
-            "sgdisk -v {ptt}: {out}"
-        );
+        assert!(ok && out.contains("No problems found"), "sgdisk -v {ptt}: {out}");
     }
     let got = sfdisk(&b.img);
     let want = expected(ptt, disk_bytes, boot_end);
     assert_eq!(got.len(), want.len(), "{ptt}: {got:?}");
     for (g, w) in got.iter().zip(&want) {
-        assert_eq!(
-            (g.0, g.1, g.2.as_str(), g.3.as_str()),
-            *w,
-            "{ptt} partition"
-        );
+        assert_eq!((g.0, g.1, g.2.as_str(), g.3.as_str()), *w, "{ptt} partition");
     }
     if gpt {
         let root = got.iter().find(|p| p.2 == LINUX).unwrap();
@@ -230,30 +182,17 @@ fn check_layout(ptt: &str, disk: &str, boot_size: &str) {
     }
     // Every filesystem through a loop device over its partition.
     for fsm in b.manifest["filesystems"].as_array().unwrap() {
-        let (off, size) = (
-            fsm["offset"].as_u64().unwrap(),
-            fsm["size"].as_u64().unwrap(),
-        );
+        let (off, size) = (fsm["offset"].as_u64().unwrap(), fsm["size"].as_u64().unwrap());
         let lo = Loop::new(&b.img, off, size);
         let id = blkid(&lo.0);
         let label = fsm["label"].as_str().unwrap();
-        assert!(
-            id.contains(&format!("LABEL={label}\n")),
-            "{ptt}: blkid {id}"
-        );
+        assert!(id.contains(&format!("LABEL={label}\n")), "{ptt}: blkid {id}");
         match fsm["type"].as_str().unwrap() {
             "ext4" => {
-                assert!(
-                    id.contains("TYPE=ext4")
-                        && id.contains(&format!("UUID={}", ROOT_GUID.to_lowercase())),
-                    "{id}"
-                );
+                assert!(id.contains("TYPE=ext4") && id.contains(&format!("UUID={}", ROOT_GUID.to_lowercase())), "{id}");
                 e2fsck_clean(Path::new(&lo.0));
                 let m = tempfile::tempdir().unwrap();
-                let (ok, out) = run(
-                    "mount",
-                    &["-o", "ro", "-t", "ext4", &lo.0, m.path().to_str().unwrap()],
-                );
+                let (ok, out) = run("mount", &["-o", "ro", "-t", "ext4", &lo.0, m.path().to_str().unwrap()]);
                 assert!(ok, "kernel mount of the root partition: {out}");
                 let host = fs::read_to_string(m.path().join("etc/hostname"));
                 let boot_is_dir = m.path().join("boot").is_dir();
@@ -262,29 +201,17 @@ fn check_layout(ptt: &str, disk: &str, boot_size: &str) {
                 assert!(boot_is_dir, "/boot mount point exists in the root");
             }
             t @ ("fat32" | "fat16") => {
-                assert!(
-                    id.contains("TYPE=vfat")
-                        && id.contains(&format!("VERSION={}", t.to_uppercase())),
-                    "{id}"
-                );
+                assert!(id.contains("TYPE=vfat") && id.contains(&format!("VERSION={}", t.to_uppercase())), "{id}");
                 let vol = fsm["volumeId"].as_str().unwrap();
-                assert!(
-                    id.contains(&format!("UUID={}-{}\n", &vol[..4], &vol[4..])),
-                    "{id} vs {vol}"
-                );
+                assert!(id.contains(&format!("UUID={}-{}\n", &vol[..4], &vol[4..])), "{id} vs {vol}");
                 let (ok, out) = run("fsck.fat", &["-n", "-v", &lo.0]);
                 assert!(
-                    ok && !out.contains("Free cluster summary wrong")
-                        && !out.to_lowercase().contains("differ"),
+                    ok && !out.contains("Free cluster summary wrong") && !out.to_lowercase().contains("differ"),
                     "fsck.fat -n {ptt} {label}: {out}"
                 );
                 // mtools reads every file back byte-identical.
                 let spec = format!("{}@@{off}", b.img.display());
-                let mount = if label == "ESP" && ptt == "efixbootldr" {
-                    "/efi"
-                } else {
-                    "/boot"
-                };
+                let mount = if label == "ESP" && ptt == "efixbootldr" { "/efi" } else { "/boot" };
                 for (src, m, rel) in &b.boot_files {
                     if m != mount {
                         continue;
@@ -294,16 +221,8 @@ fn check_layout(ptt: &str, disk: &str, boot_size: &str) {
                         .args(["-n", "-i", &spec, &format!("::/{rel}"), "-"])
                         .output()
                         .unwrap();
-                    assert!(
-                        o.status.success(),
-                        "mcopy {rel}: {}",
-                        String::from_utf8_lossy(&o.stderr)
-                    );
-                    assert_eq!(
-                        o.stdout,
-                        fs::read(src).unwrap(),
-                        "{ptt}: {rel} read back by mtools"
-                    );
+                    assert!(o.status.success(), "mcopy {rel}: {}", String::from_utf8_lossy(&o.stderr));
+                    assert_eq!(o.stdout, fs::read(src).unwrap(), "{ptt}: {rel} read back by mtools");
                 }
                 let (ok, listing) = run("mdir", &["-/", "-i", &spec, "::"]);
                 assert!(ok, "mdir: {listing}");
@@ -313,14 +232,7 @@ fn check_layout(ptt: &str, disk: &str, boot_size: &str) {
     }
 }
 
-const LAYOUTS: &[&str] = &[
-    "legacy",
-    "legacy+boot",
-    "legacy+gpt",
-    "efi",
-    "efixbootldr",
-    "hybrid",
-];
+const LAYOUTS: &[&str] = &["legacy", "legacy+boot", "legacy+gpt", "efi", "efixbootldr", "hybrid"];
 
 #[test]
 fn layouts_under_200_mib() {
@@ -372,10 +284,7 @@ fn boot_size_too_small() {
         os("-o"),
         out.as_os_str(),
     ]);
-    assert!(
-        err.contains("bootSize") && err.contains("at least 108M"),
-        "{err}"
-    );
+    assert!(err.contains("bootSize") && err.contains("at least 108M"), "{err}");
     let err = build_fails(&[
         os("--partition-table-type"),
         os("efi"),
@@ -391,16 +300,8 @@ fn boot_size_too_small() {
     let spec = t.path().join("s.json");
     fs::write(&spec, serde_json::json!({"partitionTableType":"efi","bootSize":"24M","contents":[{"source":big,"target":"/boot/big"}]}).to_string()).unwrap();
     let err = build_fails(&[spec.as_os_str(), os("-o"), out.as_os_str()]);
-    assert!(
-        err.contains("bootSize is too small") && err.contains("ESP"),
-        "{err}"
-    );
-    assert!(
-        fs::read_dir(&out)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(true),
-        "nothing left behind"
-    );
+    assert!(err.contains("bootSize is too small") && err.contains("ESP"), "{err}");
+    assert!(fs::read_dir(&out).map(|mut d| d.next().is_none()).unwrap_or(true), "nothing left behind");
 }
 
 #[test]
@@ -409,20 +310,13 @@ fn names_fat_cannot_hold() {
     let f = t.path().join("f");
     fs::write(&f, "x").unwrap();
     let out = t.path().join("out");
-    for (target, what) in [
-        ("/boot/a:b", "FAT file names"),
-        ("/boot/Case", "same name on FAT"),
-    ] {
+    for (target, what) in [("/boot/a:b", "FAT file names"), ("/boot/Case", "same name on FAT")] {
         let mut contents = vec![serde_json::json!({"source": f, "target": target})];
         if target.ends_with("Case") {
             contents.push(serde_json::json!({"source": f, "target": "/boot/case"}));
         }
         let spec = t.path().join("s.json");
-        fs::write(
-            &spec,
-            serde_json::json!({"partitionTableType":"efi","contents":contents}).to_string(),
-        )
-        .unwrap();
+        fs::write(&spec, serde_json::json!({"partitionTableType":"efi","contents":contents}).to_string()).unwrap();
         let err = build_fails(&[spec.as_os_str(), os("-o"), out.as_os_str()]);
         assert!(err.contains(what), "{err}");
     }
@@ -431,22 +325,12 @@ fn names_fat_cannot_hold() {
 #[test]
 fn every_layout_is_deterministic() {
     for ptt in LAYOUTS {
-        let a = build_layout(
-            ptt,
-            "auto",
-            if *ptt == "efixbootldr" { "140M" } else { "64M" },
-        );
+        let a = build_layout(ptt, "auto", if *ptt == "efixbootldr" { "140M" } else { "64M" });
         let cmd = |out: &Path| {
             format!(
                 "umask 077 && cd / && {} build {} -o {}",
                 bin(),
-                a.img
-                    .parent()
-                    .unwrap()
-                    .parent()
-                    .unwrap()
-                    .join("spec.json")
-                    .display(),
+                a.img.parent().unwrap().parent().unwrap().join("spec.json").display(),
                 out.display()
             )
         };
@@ -460,9 +344,6 @@ fn every_layout_is_deterministic() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(
-            fs::read(&a.img).unwrap() == fs::read(out2.join("nixos.img")).unwrap(),
-            "{ptt}: images differ"
-        );
+        assert!(fs::read(&a.img).unwrap() == fs::read(out2.join("nixos.img")).unwrap(), "{ptt}: images differ");
     }
 }

@@ -9,20 +9,10 @@ use std::path::Path;
 
 #[derive(Debug, Clone)]
 enum Node {
-    File {
-        blocks: Vec<u8>,
-        tail: usize,
-        perm: u32,
-    },
-    Dir {
-        perm: u32,
-    },
-    Symlink {
-        target_len: usize,
-    },
-    HardLink {
-        to: usize,
-    },
+    File { blocks: Vec<u8>, tail: usize, perm: u32 },
+    Dir { perm: u32 },
+    Symlink { target_len: usize },
+    HardLink { to: usize },
 }
 
 fn node() -> impl Strategy<Value = Node> {
@@ -36,13 +26,8 @@ fn node() -> impl Strategy<Value = Node> {
 }
 
 fn name() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-z]{1,12}",
-        "[a-zA-Z0-9._ -]{1,40}",
-        "[à-ÿ]{1,20}",
-        Just("x".repeat(255)),
-    ]
-    .prop_filter("not . or ..", |n| n != "." && n != "..")
+    prop_oneof!["[a-z]{1,12}", "[a-zA-Z0-9._ -]{1,40}", "[à-ÿ]{1,20}", Just("x".repeat(255)),]
+        .prop_filter("not . or ..", |n| n != "." && n != "..")
 }
 
 fn materialize(root: &Path, nodes: &[(u8, String, Node)]) {
@@ -59,14 +44,7 @@ fn materialize(root: &Path, nodes: &[(u8, String, Node)]) {
                 let mut data = Vec::new();
                 for (i, b) in blocks.iter().enumerate() {
                     // 0 = an all-zero block (must become a hole), else data.
-                    data.extend(std::iter::repeat_n(
-                        if *b == 0 {
-                            0
-                        } else {
-                            (i as u8).wrapping_mul(31) | 1
-                        },
-                        4096,
-                    ));
+                    data.extend(std::iter::repeat_n(if *b == 0 { 0 } else { (i as u8).wrapping_mul(31) | 1 }, 4096));
                 }
                 data.extend(std::iter::repeat_n(7u8, *tail));
                 fs::write(&p, &data).unwrap();

@@ -22,42 +22,20 @@ pub fn tree(time: i64) -> Tree {
     let dir = Meta::root(0o755, ts);
     let mut t = Tree::new(dir.clone());
     for (path, perm, text) in FILES {
-        let (parent, name) = t
-            .make_parents(path.as_bytes(), &dir)
-            .expect("demo paths are valid");
+        let (parent, name) = t.make_parents(path.as_bytes(), &dir).expect("demo paths are valid");
         let data: Arc<[u8]> = Arc::from(text.as_bytes());
         t.add(
             parent,
             &name,
             Meta::root(*perm, ts),
-            Kind::File {
-                size: data.len() as u64,
-                data: FileData::Inline(data),
-            },
+            Kind::File { size: data.len() as u64, data: FileData::Inline(data) },
             None,
         )
         .expect("demo paths are unique");
     }
-    t.add(
-        ROOT,
-        b"hello",
-        Meta::root(0o777, ts),
-        Kind::Symlink {
-            target: b"bin/hello".to_vec(),
-        },
-        None,
-    )
-    .expect("unique");
-    t.add(
-        ROOT,
-        b"tmp",
-        Meta::root(0o1777, ts),
-        Kind::Dir {
-            children: Vec::new(),
-        },
-        None,
-    )
-    .expect("unique");
+    t.add(ROOT, b"hello", Meta::root(0o777, ts), Kind::Symlink { target: b"bin/hello".to_vec() }, None)
+        .expect("unique");
+    t.add(ROOT, b"tmp", Meta::root(0o1777, ts), Kind::Dir { children: Vec::new() }, None).expect("unique");
     t.finish();
     t
 }

@@ -23,10 +23,7 @@ pub enum Role {
     /// The root ext4 filesystem.
     Root,
     /// A FAT filesystem with this label, filled from this image path (`/boot`, `/efi`).
-    Fat {
-        label: &'static str,
-        mount: &'static str,
-    },
+    Fat { label: &'static str, mount: &'static str },
     /// A BIOS boot partition (GRUB's core.img; empty until a boot loader is installed).
     BiosBoot,
 }
@@ -123,32 +120,16 @@ impl Plan {
             Ok(())
         };
         Ok(match ptt {
-            "none" => Plan {
-                table: Table::None,
-                parts: vec![root(0, 0, "")],
-                tail: 0,
-            },
-            "legacy" => Plan {
-                table: Table::Mbr,
-                parts: vec![root(1, MIB, "")],
-                tail: 0,
-            },
+            "none" => Plan { table: Table::None, parts: vec![root(0, 0, "")], tail: 0 },
+            "legacy" => Plan { table: Table::Mbr, parts: vec![root(1, MIB, "")], tail: 0 },
             "legacy+boot" => {
                 need_boot(MIB, "boot partition")?;
                 let mut b = fat(1, "BOOT", "/boot", MIB, boot_end, types::ESP, "");
                 b.bootable = true;
                 b.guid = seed.uuid(b"legacy-boot-partition");
-                Plan {
-                    table: Table::Mbr,
-                    parts: vec![b, root(2, boot_end, "")],
-                    tail: 0,
-                }
+                Plan { table: Table::Mbr, parts: vec![b, root(2, boot_end, "")], tail: 0 }
             }
-            "legacy+gpt" => Plan {
-                table: Table::Gpt,
-                parts: vec![bios(1), root(2, 2 * MIB, "primary")],
-                tail: MIB,
-            },
+            "legacy+gpt" => Plan { table: Table::Gpt, parts: vec![bios(1), root(2, 2 * MIB, "primary")], tail: MIB },
             "efi" => {
                 need_boot(8 * MIB, "ESP")?;
                 Plan {
@@ -166,15 +147,7 @@ impl Plan {
                     table: Table::Gpt,
                     parts: vec![
                         fat(1, "ESP", "/efi", 8 * MIB, 100 * MIB, types::ESP, "ESP"),
-                        fat(
-                            2,
-                            "BOOT",
-                            "/boot",
-                            100 * MIB,
-                            boot_end,
-                            types::XBOOTLDR,
-                            "BOOT",
-                        ),
+                        fat(2, "BOOT", "/boot", 100 * MIB, boot_end, types::XBOOTLDR, "BOOT"),
                         root(3, boot_end, "ROOT"),
                     ],
                     tail: MIB,
@@ -198,10 +171,7 @@ impl Plan {
 
     /// The root partition.
     pub fn root(&self) -> &Part {
-        self.parts
-            .iter()
-            .find(|p| p.role == Role::Root)
-            .expect("every layout has a root")
+        self.parts.iter().find(|p| p.role == Role::Root).expect("every layout has a root")
     }
 
     /// Root partition size for a fixed disk size, or an error with the minimum.
@@ -253,18 +223,10 @@ impl Plan {
                             disk >> 30
                         );
                     }
-                    parts.push(MbrPartition {
-                        bootable: p.bootable,
-                        kind: p.mbr_type,
-                        start: s,
-                        sectors: n,
-                    });
+                    parts.push(MbrPartition { bootable: p.bootable, kind: p.mbr_type, start: s, sectors: n });
                 }
                 let sig = seed.hmac(b"mbr-disk-signature");
-                let mbr = Mbr {
-                    signature: u32::from_le_bytes([sig[0], sig[1], sig[2], sig[3]]),
-                    partitions: parts,
-                };
+                let mbr = Mbr { signature: u32::from_le_bytes([sig[0], sig[1], sig[2], sig[3]]), partitions: parts };
                 vec![(0, mbr.encode(&[]).to_vec())]
             }
             Table::Gpt => {

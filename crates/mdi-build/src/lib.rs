@@ -45,9 +45,10 @@ pub fn source_date_epoch(spec: &Spec) -> Result<i64> {
         return Ok(t);
     }
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => v.trim().parse().map_err(|_| {
-            anyhow!("SOURCE_DATE_EPOCH='{v}' is not a whole number of seconds; unset it or fix it")
-        }),
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH='{v}' is not a whole number of seconds; unset it or fix it")),
         _ => Ok(1),
     }
 }
@@ -88,27 +89,13 @@ pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
     }
     let mut tree = match &spec.root_dir {
         Some(root) => {
-            let md = std::fs::metadata(root).with_context(|| {
-                format!(
-                    "rootDir '{}' cannot be read; give an existing folder",
-                    root.display()
-                )
-            })?;
+            let md = std::fs::metadata(root)
+                .with_context(|| format!("rootDir '{}' cannot be read; give an existing folder", root.display()))?;
             if !md.is_dir() {
-                bail!(
-                    "rootDir '{}' is not a folder; give the folder to use as the root filesystem",
-                    root.display()
-                );
+                bail!("rootDir '{}' is not a folder; give the folder to use as the root filesystem", root.display());
             }
-            scan_host(
-                root,
-                &ScanOptions {
-                    clamp: sde,
-                    keep_owner: true,
-                    keep_xattrs: true,
-                },
-            )
-            .with_context(|| format!("reading rootDir '{}'", root.display()))?
+            scan_host(root, &ScanOptions { clamp: sde, keep_owner: true, keep_xattrs: true })
+                .with_context(|| format!("reading rootDir '{}'", root.display()))?
         }
         None => Tree::new(dir_meta.clone()),
     };
@@ -117,19 +104,10 @@ pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
         mdi_nix::add_store_paths(&mut tree, store, &info.store_paths, &spec.store_root, sde)?;
     }
     for (i, c) in spec.contents.iter().enumerate() {
-        add_content(&mut tree, c, sde, &dir_meta).with_context(|| {
-            format!(
-                "contents[{i}] (source '{}', target '{}')",
-                c.source.display(),
-                c.target
-            )
-        })?;
+        add_content(&mut tree, c, sde, &dir_meta)
+            .with_context(|| format!("contents[{i}] (source '{}', target '{}')", c.source.display(), c.target))?;
     }
-    if spec.root_dir.is_none()
-        && closure.is_none()
-        && spec.contents.is_empty()
-        && spec.system.is_none()
-    {
+    if spec.root_dir.is_none() && closure.is_none() && spec.contents.is_empty() && spec.system.is_none() {
         return Ok(demo::tree(sde));
     }
     tree.finish();
@@ -138,19 +116,9 @@ pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
 
 fn add_content(tree: &mut Tree, c: &spec::ContentEntry, sde: i64, dir_meta: &Meta) -> Result<()> {
     if !c.target.starts_with('/') {
-        bail!(
-            "target '{}' must be an absolute path in the image, e.g. /etc/foo",
-            c.target
-        );
+        bail!("target '{}' must be an absolute path in the image, e.g. /etc/foo", c.target);
     }
-    let sub = scan_host(
-        &c.source,
-        &ScanOptions {
-            clamp: sde,
-            keep_owner: false,
-            keep_xattrs: false,
-        },
-    )?;
+    let sub = scan_host(&c.source, &ScanOptions { clamp: sde, keep_owner: false, keep_xattrs: false })?;
     let (parent, name) = tree.make_parents(c.target.as_bytes(), dir_meta)?;
     let id = tree.graft(parent, &name, sub)?;
     if let Some(m) = &c.mode {
@@ -173,29 +141,21 @@ fn container_for(
     file: std::fs::File,
     seed: &Seed,
     sde: i64,
+    file_name: &str,
 ) -> Result<Box<dyn mdi_container::Container>> {
-    use mdi_container::{Compression, Qcow2, Vdi, Vhd};
-    let opt = |k: &str| {
-        spec.format_options
-            .get(k)
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    };
+    use mdi_container::{Compression, Qcow2, Vdi, Vhd, Vmdk, VmdkKind};
+    let opt = |k: &str| spec.format_options.get(k).and_then(|v| v.as_str()).map(str::to_string);
     for k in spec.format_options.keys() {
         let known: &[&str] = match spec.format.as_str() {
             "qcow2-compressed" => &["compression"],
-            "vpc" => &["subformat"],
+            "vpc" | "vmdk" => &["subformat"],
             _ => &[],
         };
         if !known.contains(&k.as_str()) {
             bail!(
                 "formatOptions.{k} is not an option of format '{}'{}",
                 spec.format,
-                if known.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (it takes: {})", known.join(", "))
-                }
+                if known.is_empty() { String::new() } else { format!(" (it takes: {})", known.join(", ")) }
             );
         }
     }
@@ -220,10 +180,16 @@ fn container_for(
             sde,
             seed.uuid(b"vhd-unique-id").0,
         )),
-        "vdi" => Box::new(Vdi::new(
+        "vdi" => Box::new(Vdi::new(file, seed.uuid(b"vdi-image-uuid").0, seed.uuid(b"vdi-last-snapshot-uuid").0)),
+        "vmdk" => Box::new(Vmdk::new(
             file,
-            seed.uuid(b"vdi-image-uuid").0,
-            seed.uuid(b"vdi-last-snapshot-uuid").0,
+            match opt("subformat").as_deref() {
+                None | Some("monolithicSparse") => VmdkKind::MonolithicSparse,
+                Some("streamOptimized") => VmdkKind::StreamOptimized,
+                Some(o) => bail!("formatOptions.subformat '{o}' is not monolithicSparse or streamOptimized"),
+            },
+            u32::from_be_bytes(seed.hmac(b"vmdk-cid")[..4].try_into().expect("4 bytes")),
+            file_name,
         )),
         other => bail!("format '{other}' is not implemented yet"),
     })
@@ -235,10 +201,7 @@ const HASH_LIMIT: u64 = 16 << 30;
 /// Runs a whole build into `out_dir`.
 pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     if spec.format == "vmdk" || spec.format == "vhdx" {
-        bail!(
-            "format '{}' is not implemented yet; use raw, qcow2, qcow2-compressed, vdi or vpc",
-            spec.format
-        );
+        bail!("format '{}' is not implemented yet; use raw, qcow2, qcow2-compressed, vdi or vpc", spec.format);
     }
     if spec.fs_type != "ext4" {
         bail!("fsType '{}' is not implemented yet; use ext4", spec.fs_type);
@@ -269,45 +232,30 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             let dir_meta = Meta::root(0o755, Timestamp::from_secs(sde));
             if tree.lookup(mount.as_bytes()).is_none() {
                 let (parent, name) = tree.make_parents(mount.as_bytes(), &dir_meta)?;
-                tree.add(
-                    parent,
-                    &name,
-                    dir_meta,
-                    mdi_tree::Kind::Dir {
-                        children: Vec::new(),
-                    },
-                    None,
-                )?;
+                tree.add(parent, &name, dir_meta, mdi_tree::Kind::Dir { children: Vec::new() }, None)?;
             }
         }
     }
     tree.finish();
 
     std::fs::create_dir_all(out_dir).with_context(|| {
-        format!(
-            "cannot create output folder '{}'; choose a writable folder with -o",
-            out_dir.display()
-        )
+        format!("cannot create output folder '{}'; choose a writable folder with -o", out_dir.display())
     })?;
-    let out_dir = out_dir
-        .canonicalize()
-        .with_context(|| format!("output folder '{}'", out_dir.display()))?;
+    let out_dir = out_dir.canonicalize().with_context(|| format!("output folder '{}'", out_dir.display()))?;
     let file_name = format!("{}.{}", spec.base_name, spec.extension());
     let final_path = out_dir.join(&file_name);
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{file_name}."))
         .suffix(".partial")
         .tempfile_in(&out_dir)
-        .with_context(|| {
-            format!(
-                "output folder '{}' is not writable; choose another with -o",
-                out_dir.display()
-            )
-        })?;
+        .with_context(|| format!("output folder '{}' is not writable; choose another with -o", out_dir.display()))?;
     let file = tmp.as_file().try_clone().context("output file")?;
-    let mut sink = container_for(spec, file, &seed, sde)?;
+    let mut sink = container_for(spec, file, &seed, sde, &file_name)?;
     let write_err = |io: std::io::Error| {
-        anyhow!("cannot write the image in '{}': {io}; free space there or choose another output folder with -o", out_dir.display())
+        anyhow!(
+            "cannot write the image in '{}': {io}; free space there or choose another output folder with -o",
+            out_dir.display()
+        )
     };
 
     // Boot partitions (fixed sizes), filled from their mount point's subtree.
@@ -316,9 +264,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         let layout::Role::Fat { label, mount } = p.role else {
             continue;
         };
-        let id = tree
-            .lookup(mount.as_bytes())
-            .expect("mount point made above");
+        let id = tree.lookup(mount.as_bytes()).expect("mount point made above");
         if !matches!(tree.get(id).kind, mdi_tree::Kind::Dir { .. }) {
             bail!("'{mount}' in the image must be a folder: it is where the {label} partition is mounted");
         }
@@ -329,10 +275,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             time: sde,
             hidden_sectors: (p.start / 512) as u32,
         };
-        let mut part_sink = mdi_sink::OffsetSink {
-            inner: &mut *sink,
-            offset: p.start,
-        };
+        let mut part_sink = mdi_sink::OffsetSink { inner: &mut *sink, offset: p.start };
         let r = mdi_fat::write(&tree, id, end - p.start, &opts, &mut part_sink).map_err(|e| match e {
             mdi_fat::Error::Write(io) => write_err(io),
             mdi_fat::Error::TooSmall { need, .. } => anyhow!(
@@ -365,21 +308,13 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         None if spec.only_nix_store => seed.uuid(b"nix-store-fs-uuid"),
         None => Uuid::parse(&spec.root_gpuid)?,
     };
-    let label = spec.label.clone().unwrap_or_else(|| {
-        if spec.only_nix_store {
-            "nix-store".into()
-        } else {
-            "nixos".into()
-        }
-    });
+    let label =
+        spec.label.clone().unwrap_or_else(|| if spec.only_nix_store { "nix-store".into() } else { "nixos".into() });
     let size = match spec.disk_size()? {
-        DiskSize::Auto => mdi_ext4::SizeRequest::Auto {
-            extra_bytes: spec.additional_space()?,
-            align_bytes: layout::MIB,
-        },
-        DiskSize::Bytes(b) => mdi_ext4::SizeRequest::Fixed {
-            bytes: plan.root_size_for_disk(b)?,
-        },
+        DiskSize::Auto => {
+            mdi_ext4::SizeRequest::Auto { extra_bytes: spec.additional_space()?, align_bytes: layout::MIB }
+        }
+        DiskSize::Bytes(b) => mdi_ext4::SizeRequest::Fixed { bytes: plan.root_size_for_disk(b)? },
     };
     let opts = mdi_ext4::Options {
         size,
@@ -391,10 +326,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         progress: ctx.progress.clone(),
     };
     let report = {
-        let mut part_sink = mdi_sink::OffsetSink {
-            inner: &mut *sink,
-            offset: root_start,
-        };
+        let mut part_sink = mdi_sink::OffsetSink { inner: &mut *sink, offset: root_start };
         mdi_ext4::write(&tree, &opts, &mut part_sink).map_err(|e| match e {
             mdi_ext4::Error::TooSmall { need, have } => {
                 let extra = plan.disk_size(0);
@@ -419,9 +351,12 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     for (off, bytes) in plan.encode(disk_bytes, &seed)? {
         mdi_sink::Sink::write_at(&mut *sink, off, &bytes).map_err(write_err)?;
     }
-    let file = sink
-        .finish(disk_bytes)
-        .with_context(|| format!("cannot finish the image in '{}'; free space there or choose another output folder with -o", out_dir.display()))?;
+    let file = sink.finish(disk_bytes).with_context(|| {
+        format!(
+            "cannot finish the image in '{}'; free space there or choose another output folder with -o",
+            out_dir.display()
+        )
+    })?;
     phase("image written");
     // Flushing to disk and hashing the image both take a while: do them at once. A huge
     // sparse image is not hashed: SHA-256 would have to run over terabytes of holes.
@@ -429,14 +364,15 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     let hash_it = file_bytes <= HASH_LIMIT;
     let (synced, sha256) = std::thread::scope(|s| {
         let sync = s.spawn(|| file.sync_all());
-        let sha = if hash_it {
-            sha256_file(tmp.path()).map(Some)
-        } else {
-            Ok(None)
-        };
+        let sha = if hash_it { sha256_file(tmp.path()).map(Some) } else { Ok(None) };
         (sync.join().expect("sync thread"), sha)
     });
-    synced.with_context(|| format!("cannot flush the image in '{}'; free space there or choose another output folder with -o", out_dir.display()))?;
+    synced.with_context(|| {
+        format!(
+            "cannot flush the image in '{}'; free space there or choose another output folder with -o",
+            out_dir.display()
+        )
+    })?;
     let sha256 = sha256.context("hashing the image")?;
     phase("image flushed and hashed");
     filesystems.push(json!({
@@ -495,38 +431,17 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         }
         let t = tempfile::NamedTempFile::new_in(p.parent().unwrap_or(&out_dir))?;
         std::fs::write(t.path(), text)?;
-        std::fs::set_permissions(
-            t.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o644),
-        )?;
+        std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         t.persist(&p).map_err(|e| e.error)?;
         Ok(())
     };
-    let fmt_name = if spec.format == "qcow2-compressed" {
-        "qcow2"
-    } else {
-        spec.format.as_str()
-    };
-    write_small(
-        "manifest.json",
-        serde_json::to_string_pretty(&manifest)? + "\n",
-    )?;
-    write_small(
-        "nix-support/hydra-build-products",
-        format!("file {fmt_name}-image {}\n", final_path.display()),
-    )?;
+    let fmt_name = if spec.format == "qcow2-compressed" { "qcow2" } else { spec.format.as_str() };
+    write_small("manifest.json", serde_json::to_string_pretty(&manifest)? + "\n")?;
+    write_small("nix-support/hydra-build-products", format!("file {fmt_name}-image {}\n", final_path.display()))?;
     // tempfile creates 0600; an image is an ordinary build product.
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
-    tmp.persist(&final_path).map_err(|e| {
-        anyhow!(
-            "cannot move the image to '{}': {}",
-            final_path.display(),
-            e.error
-        )
-    })?;
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    tmp.persist(&final_path)
+        .map_err(|e| anyhow!("cannot move the image to '{}': {}", final_path.display(), e.error))?;
     if let Some(script) = &spec.post_vm {
         let status = std::process::Command::new("sh")
             .arg("-c")
@@ -540,10 +455,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             bail!("postVM exited with {status}");
         }
     }
-    Ok(Outcome {
-        image: final_path,
-        manifest,
-    })
+    Ok(Outcome { image: final_path, manifest })
 }
 
 /// SHA-256 of a (sparse) file. Holes are fed from a zero buffer instead of being read.

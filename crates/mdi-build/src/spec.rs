@@ -174,27 +174,15 @@ fn d_root_guid() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("unknown spec key '{key}'{}; valid keys: {}", suggest(.nearest), KEYS.join(", "))]
-    UnknownKey {
-        key: String,
-        nearest: Option<String>,
-    },
+    UnknownKey { key: String, nearest: Option<String> },
     #[error("unknown flag '--{flag}'{}", suggest(&.nearest.as_ref().map(|n| format!("--{}", kebab(n)))))]
-    UnknownFlag {
-        flag: String,
-        nearest: Option<String>,
-    },
+    UnknownFlag { flag: String, nearest: Option<String> },
     #[error("spec key '{key}': {what}")]
     BadValue { key: String, what: String },
     #[error("cannot read spec '{path}': {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("spec '{path}' is not valid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Json { path: PathBuf, source: serde_json::Error },
 }
 
 fn suggest(n: &Option<String>) -> String {
@@ -259,18 +247,12 @@ pub fn nearest(word: &str, options: &[&str]) -> Option<String> {
 pub fn from_map(map: Map<String, Value>) -> Result<Spec, SpecError> {
     for k in map.keys() {
         if !KEYS.contains(&k.as_str()) {
-            return Err(SpecError::UnknownKey {
-                key: k.clone(),
-                nearest: nearest(k, KEYS),
-            });
+            return Err(SpecError::UnknownKey { key: k.clone(), nearest: nearest(k, KEYS) });
         }
     }
     let spec: Spec = serde_json::from_value(Value::Object(map)).map_err(|e| {
         let msg = e.to_string();
-        SpecError::BadValue {
-            key: msg.split('`').nth(1).unwrap_or("spec").to_string(),
-            what: msg,
-        }
+        SpecError::BadValue { key: msg.split('`').nth(1).unwrap_or("spec").to_string(), what: msg }
     })?;
     spec.validate()?;
     Ok(spec)
@@ -282,11 +264,7 @@ fn one_of(key: &str, v: &str, allowed: &[&str]) -> Result<(), SpecError> {
     }
     Err(SpecError::BadValue {
         key: key.into(),
-        what: format!(
-            "'{v}' is not one of {}{}",
-            allowed.join(", "),
-            suggest(&nearest(v, allowed))
-        ),
+        what: format!("'{v}' is not one of {}{}", allowed.join(", "), suggest(&nearest(v, allowed))),
     })
 }
 
@@ -327,37 +305,13 @@ pub enum DiskSize {
 
 impl Spec {
     fn validate(&self) -> Result<(), SpecError> {
-        one_of(
-            "format",
-            &self.format,
-            &[
-                "raw",
-                "qcow2",
-                "qcow2-compressed",
-                "vdi",
-                "vpc",
-                "vmdk",
-                "vhdx",
-            ],
-        )?;
+        one_of("format", &self.format, &["raw", "qcow2", "qcow2-compressed", "vdi", "vpc", "vmdk", "vhdx"])?;
         one_of(
             "partitionTableType",
             &self.partition_table_type,
-            &[
-                "none",
-                "legacy",
-                "legacy+boot",
-                "legacy+gpt",
-                "efi",
-                "efixbootldr",
-                "hybrid",
-            ],
+            &["none", "legacy", "legacy+boot", "legacy+gpt", "efi", "efixbootldr", "hybrid"],
         )?;
-        one_of(
-            "fsType",
-            &self.fs_type,
-            &["ext4", "btrfs", "xfs", "erofs", "squashfs", "vfat"],
-        )?;
+        one_of("fsType", &self.fs_type, &["ext4", "btrfs", "xfs", "erofs", "squashfs", "vfat"])?;
         self.disk_size()?;
         self.additional_space()?;
         if parse_iec_value(&self.boot_size).is_none() {
@@ -366,10 +320,7 @@ impl Spec {
                 what: format!("{} is not a size like 256M", self.boot_size),
             });
         }
-        if self.base_name.is_empty()
-            || self.base_name.contains('/')
-            || self.base_name.starts_with('.')
-        {
+        if self.base_name.is_empty() || self.base_name.contains('/') || self.base_name.starts_with('.') {
             return Err(SpecError::BadValue {
                 key: "baseName".into(),
                 what: format!("'{}' must be a plain file name", self.base_name),
@@ -387,20 +338,28 @@ impl Spec {
         // and boot loader installation.
         if self.only_nix_store {
             if !self.contents.is_empty() {
-                return Err(SpecError::BadValue { key: "contents".into(), what: "onlyNixStore images hold only the store; remove contents or set onlyNixStore = false".into() });
+                return Err(SpecError::BadValue {
+                    key: "contents".into(),
+                    what: "onlyNixStore images hold only the store; remove contents or set onlyNixStore = false".into(),
+                });
             }
             if self.config_file.is_some() {
-                return Err(SpecError::BadValue { key: "configFile".into(), what: "onlyNixStore images have no /etc; remove configFile or set onlyNixStore = false".into() });
+                return Err(SpecError::BadValue {
+                    key: "configFile".into(),
+                    what: "onlyNixStore images have no /etc; remove configFile or set onlyNixStore = false".into(),
+                });
             }
             if self.install_boot_loader == Some(true) {
                 return Err(SpecError::BadValue {
                     key: "installBootLoader".into(),
-                    what: "onlyNixStore images have no boot loader; set installBootLoader = false"
-                        .into(),
+                    what: "onlyNixStore images have no boot loader; set installBootLoader = false".into(),
                 });
             }
             if self.closure_info.is_none() {
-                return Err(SpecError::BadValue { key: "closureInfo".into(), what: "onlyNixStore needs closureInfo (a folder with store-paths and registration)".into() });
+                return Err(SpecError::BadValue {
+                    key: "closureInfo".into(),
+                    what: "onlyNixStore needs closureInfo (a folder with store-paths and registration)".into(),
+                });
             }
         }
         if self.partition_table_type != "none" && self.fs_type != "ext4" {
@@ -410,8 +369,7 @@ impl Spec {
             });
         }
         if self.touch_efi_vars
-            && !["hybrid", "efi", "efixbootldr", "legacy+gpt"]
-                .contains(&self.partition_table_type.as_str())
+            && !["hybrid", "efi", "efixbootldr", "legacy+gpt"].contains(&self.partition_table_type.as_str())
         {
             return Err(SpecError::BadValue {
                 key: "touchEFIVars".into(),
@@ -430,30 +388,20 @@ impl Spec {
             }
         }
         if let Some(s) = &self.seed {
-            mdi_ident::Uuid::parse(s).map_err(|e| SpecError::BadValue {
-                key: "seed".into(),
-                what: e.to_string(),
-            })?;
+            mdi_ident::Uuid::parse(s).map_err(|e| SpecError::BadValue { key: "seed".into(), what: e.to_string() })?;
         }
-        mdi_ident::Uuid::parse(&self.root_gpuid).map_err(|e| SpecError::BadValue {
-            key: "rootGPUID".into(),
-            what: e.to_string(),
-        })?;
+        mdi_ident::Uuid::parse(&self.root_gpuid)
+            .map_err(|e| SpecError::BadValue { key: "rootGPUID".into(), what: e.to_string() })?;
         if let Some(s) = &self.root_fsuid {
-            mdi_ident::Uuid::parse(s).map_err(|e| SpecError::BadValue {
-                key: "rootFSUID".into(),
-                what: e.to_string(),
-            })?;
+            mdi_ident::Uuid::parse(s)
+                .map_err(|e| SpecError::BadValue { key: "rootFSUID".into(), what: e.to_string() })?;
         }
         Ok(())
     }
 
     /// diskSize: "auto", a number of MiB, or an IEC string.
     pub fn disk_size(&self) -> Result<DiskSize, SpecError> {
-        let bad = |what: String| SpecError::BadValue {
-            key: "diskSize".into(),
-            what,
-        };
+        let bad = |what: String| SpecError::BadValue { key: "diskSize".into(), what };
         match &self.disk_size {
             Value::String(s) if s == "auto" => Ok(DiskSize::Auto),
             Value::Number(n) => n
@@ -462,11 +410,9 @@ impl Spec {
                 .ok_or_else(|| bad(format!("{n} is not a whole number of MiB"))),
             Value::String(s) => match s.parse::<u64>() {
                 Ok(m) => Ok(DiskSize::Bytes(m << 20)),
-                Err(_) => parse_iec(s).map(DiskSize::Bytes).ok_or_else(|| {
-                    bad(format!(
-                        "'{s}' is not \"auto\", a number of MiB or a size like 4G"
-                    ))
-                }),
+                Err(_) => parse_iec(s)
+                    .map(DiskSize::Bytes)
+                    .ok_or_else(|| bad(format!("'{s}' is not \"auto\", a number of MiB or a size like 4G"))),
             },
             v => Err(bad(format!("{v} is not \"auto\" or a size"))),
         }
@@ -474,15 +420,10 @@ impl Spec {
 
     /// additionalSpace in bytes (numfmt --from=iec: a bare number is bytes).
     pub fn additional_space(&self) -> Result<u64, SpecError> {
-        let bad = |what: String| SpecError::BadValue {
-            key: "additionalSpace".into(),
-            what,
-        };
+        let bad = |what: String| SpecError::BadValue { key: "additionalSpace".into(), what };
         match &self.additional_space {
             Value::Number(n) => n.as_u64().ok_or_else(|| bad(format!("{n} is not a size"))),
-            Value::String(s) => {
-                parse_iec(s).ok_or_else(|| bad(format!("'{s}' is not a size like 512M")))
-            }
+            Value::String(s) => parse_iec(s).ok_or_else(|| bad(format!("'{s}' is not a size like 512M"))),
             v => Err(bad(format!("{v} is not a size"))),
         }
     }

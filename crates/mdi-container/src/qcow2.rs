@@ -32,7 +32,7 @@ pub enum Compression {
     Zstd,
 }
 
-fn deflate(d: &[u8]) -> io::Result<Option<Vec<u8>>> {
+fn deflate(_: u64, d: &[u8]) -> io::Result<Option<Vec<u8>>> {
     // QEMU: deflateInit2(level default, Z_DEFLATED, windowBits -12, memLevel 9).
     let mut c = flate2::Compress::new_with_window_bits(flate2::Compression::default(), false, 12);
     let mut out = Vec::with_capacity(d.len());
@@ -47,13 +47,12 @@ fn deflate(d: &[u8]) -> io::Result<Option<Vec<u8>>> {
 fn inflate(c: &[u8], len: usize) -> io::Result<Vec<u8>> {
     let mut d = flate2::Decompress::new_with_window_bits(false, 12);
     let mut out = Vec::with_capacity(len);
-    d.decompress_vec(c, &mut out, flate2::FlushDecompress::Finish)
-        .map_err(io::Error::other)?;
+    d.decompress_vec(c, &mut out, flate2::FlushDecompress::Finish).map_err(io::Error::other)?;
     out.resize(len, 0);
     Ok(out)
 }
 
-fn zstd_c(d: &[u8]) -> io::Result<Option<Vec<u8>>> {
+fn zstd_c(_: u64, d: &[u8]) -> io::Result<Option<Vec<u8>>> {
     // Level 3 is QEMU's (ZSTD_CLEVEL_DEFAULT); the library is pinned by Cargo.lock.
     zstd::bulk::compress(d, 3).map(Some)
 }
@@ -75,19 +74,10 @@ impl Qcow2 {
     pub fn new(file: File, compression: Compression) -> Self {
         let codec = match compression {
             Compression::None => None,
-            Compression::Deflate => Some((
-                deflate as crate::store::Compressor,
-                inflate as crate::store::Decompressor,
-            )),
-            Compression::Zstd => Some((
-                zstd_c as crate::store::Compressor,
-                zstd_d as crate::store::Decompressor,
-            )),
+            Compression::Deflate => Some((deflate as crate::store::Compressor, inflate as crate::store::Decompressor)),
+            Compression::Zstd => Some((zstd_c as crate::store::Compressor, zstd_d as crate::store::Decompressor)),
         };
-        Qcow2 {
-            store: Store::new(file, CLUSTER, 0, CLUSTER, codec),
-            compression,
-        }
+        Qcow2 { store: Store::new(file, CLUSTER, 0, CLUSTER, codec), compression }
     }
 }
 
@@ -120,10 +110,7 @@ impl Container for Qcow2 {
                     OFLAG_COMPRESSED | (sectors << CSIZE_SHIFT) | off
                 }
             };
-            tables
-                .entry(v / L2_ENTRIES)
-                .or_default()
-                .push((v % L2_ENTRIES, entry));
+            tables.entry(v / L2_ENTRIES).or_default().push((v % L2_ENTRIES, entry));
         }
         let mut next = st.next.next_multiple_of(CLUSTER);
         let l1_entries = size.div_ceil(CLUSTER).div_ceil(L2_ENTRIES);
@@ -149,10 +136,7 @@ impl Container for Qcow2 {
         let (mut rb, mut rt) = (1u64, 1u64);
         loop {
             let total = first_rc + rb + rt;
-            let (nrb, nrt) = (
-                total.div_ceil(RC_ENTRIES),
-                (total.div_ceil(RC_ENTRIES) * 8).div_ceil(CLUSTER),
-            );
+            let (nrb, nrt) = (total.div_ceil(RC_ENTRIES), (total.div_ceil(RC_ENTRIES) * 8).div_ceil(CLUSTER));
             if (nrb, nrt) == (rb, rt) {
                 break;
             }

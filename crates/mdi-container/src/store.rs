@@ -16,8 +16,9 @@ pub enum Loc {
     Compressed { off: u64, len: u64 },
 }
 
-/// Compresses one unit; None when compression does not pay (it is then stored plain).
-pub type Compressor = fn(&[u8]) -> io::Result<Option<Vec<u8>>>;
+/// Compresses unit number `v` (its bytes); None when compression does not pay (it is
+/// then stored plain). The output may carry format framing (VMDK's grain marker).
+pub type Compressor = fn(u64, &[u8]) -> io::Result<Option<Vec<u8>>>;
 /// Undoes a [`Compressor`] (for a unit written to again after it was compressed).
 pub type Decompressor = fn(&[u8], usize) -> io::Result<Vec<u8>>;
 
@@ -34,6 +35,8 @@ pub struct Store {
     compress: Option<(Compressor, Decompressor)>,
     cache: HashMap<u64, Vec<u8>>,
     fifo: VecDeque<u64>,
+    /// Alignment of each compressed unit in the file (1: packed, as qcow2 allows).
+    pub compressed_align: u64,
 }
 
 /// Units kept in memory before a batch is compressed (compressed formats only).
@@ -58,20 +61,16 @@ impl Store {
             compress,
             cache: HashMap::new(),
             fifo: VecDeque::new(),
+            compressed_align: 1,
         }
     }
 
     fn alloc_plain(&mut self) -> io::Result<u64> {
         // Plain units are unit-aligned relative to the data area (qcow2 needs cluster
         // alignment; compressed data before them may have left the cursor unaligned).
-        let start = self.next.next_multiple_of(if self.compress.is_some() {
-            self.unit
-        } else {
-            1
-        });
+        let start = self.next.next_multiple_of(if self.compress.is_some() { self.unit } else { 1 });
         if self.prefix > 0 {
-            self.file
-                .write_all_at(&vec![0xFF; self.prefix as usize], start)?;
+            self.file.write_all_at(&vec![0xFF; self.prefix as usize], start)?;
         }
         self.next = start + self.prefix + self.unit;
         Ok(start + self.prefix)
@@ -123,8 +122,7 @@ impl Store {
             self.cache.insert(v, buf);
             self.fifo.push_back(v);
         }
-        self.cache.get_mut(&v).expect("inserted")[within..within + piece.len()]
-            .copy_from_slice(piece);
+        self.cache.get_mut(&v).expect("inserted")[within..within + piece.len()].copy_from_slice(piece);
         if self.cache.len() > CACHE_UNITS {
             self.evict(BATCH_UNITS)?;
         }
@@ -140,19 +138,13 @@ impl Store {
                 (v, self.cache.remove(&v).expect("cached"))
             })
             .collect();
-        let packed: Vec<io::Result<Option<Vec<u8>>>> =
-            units.par_iter().map(|(_, d)| c(d)).collect();
+        let packed: Vec<io::Result<Option<Vec<u8>>>> = units.par_iter().map(|(v, d)| c(*v, d)).collect();
         for ((v, raw), z) in units.iter().zip(packed) {
             match z? {
-                Some(z) if (z.len() as u64) < self.unit => {
+                Some(z) if (z.len() as u64) < self.unit || self.compressed_align > 1 => {
+                    self.next = self.next.next_multiple_of(self.compressed_align);
                     self.file.write_all_at(&z, self.next)?;
-                    self.map.insert(
-                        *v,
-                        Loc::Compressed {
-                            off: self.next,
-                            len: z.len() as u64,
-                        },
-                    );
+                    self.map.insert(*v, Loc::Compressed { off: self.next, len: z.len() as u64 });
                     self.next += z.len() as u64;
                 }
                 _ => {

@@ -23,11 +23,7 @@ pub struct Vdi {
 impl Vdi {
     /// Starts an image; the UUIDs identify it (derive them from the seed).
     pub fn new(file: File, uuid_image: [u8; 16], uuid_last_snap: [u8; 16]) -> Self {
-        Vdi {
-            store: Store::new(file, BLOCK, 0, HEADER, None),
-            uuid_image,
-            uuid_last_snap,
-        }
+        Vdi { store: Store::new(file, BLOCK, 0, HEADER, None), uuid_image, uuid_last_snap }
     }
 }
 
@@ -47,9 +43,7 @@ impl Container for Vdi {
             put_u32_le(&mut bmap, (b * 4) as usize, UNALLOCATED);
         }
         for (&v, loc) in &self.store.map {
-            let Loc::Plain(p) = *loc else {
-                unreachable!("VDI blocks are not compressed")
-            };
+            let Loc::Plain(p) = *loc else { unreachable!("VDI blocks are not compressed") };
             put_u32_le(&mut bmap, (v * 4) as usize, ((p - HEADER) / BLOCK) as u32);
         }
         file.write_all_at(&bmap, bmap_off)?;

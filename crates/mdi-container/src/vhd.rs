@@ -33,12 +33,7 @@ impl Vhd {
         } else {
             Store::new(file, BLOCK, BITMAP, 512 + 1024, None)
         };
-        Vhd {
-            store,
-            fixed,
-            time,
-            unique_id,
-        }
+        Vhd { store, fixed, time, unique_id }
     }
 
     fn footer(&self, size: u64, data_offset: u64) -> [u8; 512] {
@@ -47,13 +42,9 @@ impl Vhd {
         put_u32_be(&mut f, 8, 2); // features: reserved bit, always set
         put_u32_be(&mut f, 12, 0x0001_0000); // file format version 1.0
         put_u64_be(&mut f, 16, data_offset); // data offset
-        put_u32_be(
-            &mut f,
-            24,
-            (self.time - VHD_EPOCH).clamp(0, u32::MAX as i64) as u32,
-        ); // time stamp
-           // Creator "win ": Hyper-V's semantics, where the current size (not the CHS
-           // geometry) is the disk size; QEMU and Azure read it that way.
+        put_u32_be(&mut f, 24, (self.time - VHD_EPOCH).clamp(0, u32::MAX as i64) as u32); // time stamp
+                                                                                          // Creator "win ": Hyper-V's semantics, where the current size (not the CHS
+                                                                                          // geometry) is the disk size; QEMU and Azure read it that way.
         f[28..32].copy_from_slice(b"win "); // creator application
         put_u32_be(&mut f, 32, 0x000A_0000); // creator version
         f[36..40].copy_from_slice(b"Wi2k"); // creator host OS
@@ -128,9 +119,7 @@ impl Container for Vhd {
         let bat_off = self.store.next.next_multiple_of(512);
         let mut bat = vec![0xFFu8; (entries * 4).next_multiple_of(512) as usize];
         for (&v, loc) in &self.store.map {
-            let Loc::Plain(p) = *loc else {
-                unreachable!("VHD blocks are not compressed")
-            };
+            let Loc::Plain(p) = *loc else { unreachable!("VHD blocks are not compressed") };
             put_u32_be(&mut bat, (v * 4) as usize, ((p - BITMAP) / 512) as u32);
         }
         file.write_all_at(&bat, bat_off)?;

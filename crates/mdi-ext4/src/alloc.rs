@@ -21,11 +21,7 @@ pub struct Alloc {
 impl Alloc {
     /// Starts after the primary superblock and GDT region of group 0 (`head_len` blocks).
     pub fn new(head_len: u64) -> Self {
-        Alloc {
-            next: head_len,
-            backup_len: head_len,
-            used: Vec::new(),
-        }
+        Alloc { next: head_len, backup_len: head_len, used: Vec::new() }
     }
 
     /// The first block not yet handed out.
@@ -82,10 +78,7 @@ impl Alloc {
             self.next += self.room();
             self.skip_backup();
         }
-        assert!(
-            self.room() >= n,
-            "a contiguous run of {n} blocks fits in a group"
-        );
+        assert!(self.room() >= n, "a contiguous run of {n} blocks fits in a group");
         let start = self.next;
         self.next += n;
         self.record(start, n);
@@ -118,10 +111,7 @@ mod tests {
         let mut a = Alloc::new(10);
         let r = a.runs(BLOCKS_PER_GROUP);
         // Group 1 has a backup: blocks 32768..32778 are skipped.
-        assert_eq!(
-            r,
-            vec![(10, BLOCKS_PER_GROUP - 10), (BLOCKS_PER_GROUP + 10, 10)]
-        );
+        assert_eq!(r, vec![(10, BLOCKS_PER_GROUP - 10), (BLOCKS_PER_GROUP + 10, 10)]);
         // Group 2 has none, so a run may span from group 1 into group 2.
         let big = a.contiguous(BLOCKS_PER_GROUP);
         assert_eq!(big, BLOCKS_PER_GROUP + 20);

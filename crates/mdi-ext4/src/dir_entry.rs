@@ -51,11 +51,7 @@ pub fn leaf_block(entries: &[DirEnt<'_>], seed: u32) -> Vec<u8> {
         put_u16(&mut b, 4, LEAF_SPACE as u16);
     }
     for (i, e) in entries.iter().enumerate() {
-        let rec = if i + 1 == entries.len() {
-            LEAF_SPACE - off
-        } else {
-            rec_len(e.name.len())
-        };
+        let rec = if i + 1 == entries.len() { LEAF_SPACE - off } else { rec_len(e.name.len()) };
         put_entry(&mut b, off, e, rec);
         off += rec;
     }

@@ -20,10 +20,7 @@ fn half_md4(buf: &mut [u32; 4], inp: &[u32; 8]) {
     let [mut a, mut b, mut c, mut d] = *buf;
     macro_rules! round {
         ($f:ident, $a:ident, $b:ident, $c:ident, $d:ident, $x:expr, $s:expr) => {
-            $a = $a
-                .wrapping_add($f($b, $c, $d))
-                .wrapping_add($x)
-                .rotate_left($s);
+            $a = $a.wrapping_add($f($b, $c, $d)).wrapping_add($x).rotate_left($s);
         };
     }
     round!(f, a, b, c, d, inp[0], 3);

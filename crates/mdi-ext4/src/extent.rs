@@ -27,10 +27,7 @@ pub struct Extent {
 /// both logically and physically contiguous.
 pub fn push(list: &mut Vec<Extent>, mut logical: u32, mut start: Block, mut len: u32) {
     if let Some(last) = list.last_mut() {
-        if last.logical + last.len == logical
-            && last.start + u64::from(last.len) == start
-            && last.len < MAX_LEN
-        {
+        if last.logical + last.len == logical && last.start + u64::from(last.len) == start && last.len < MAX_LEN {
             let take = len.min(MAX_LEN - last.len);
             last.len += take;
             logical += take;
@@ -40,11 +37,7 @@ pub fn push(list: &mut Vec<Extent>, mut logical: u32, mut start: Block, mut len:
     }
     while len > 0 {
         let take = len.min(MAX_LEN);
-        list.push(Extent {
-            logical,
-            len: take,
-            start,
-        });
+        list.push(Extent { logical, len: take, start });
         logical += take;
         start += u64::from(take);
         len -= take;
@@ -155,22 +148,12 @@ mod tests {
         let mut v = Vec::new();
         push(&mut v, 0, 100, 10);
         push(&mut v, 10, 110, 5);
-        assert_eq!(
-            v,
-            vec![Extent {
-                logical: 0,
-                len: 15,
-                start: 100
-            }]
-        );
+        assert_eq!(v, vec![Extent { logical: 0, len: 15, start: 100 }]);
         push(&mut v, 20, 115, 1);
         assert_eq!(v.len(), 2);
         let mut w = Vec::new();
         push(&mut w, 0, 0, 70000);
-        assert_eq!(
-            w.iter().map(|e| e.len).collect::<Vec<_>>(),
-            vec![32768, 32768, 4464]
-        );
+        assert_eq!(w.iter().map(|e| e.len).collect::<Vec<_>>(), vec![32768, 32768, 4464]);
     }
 
     #[test]

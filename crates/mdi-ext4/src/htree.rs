@@ -65,11 +65,8 @@ pub fn build(
     }
 
     let levels = if leaves.len() <= ROOT_LIMIT { 0 } else { 1 };
-    let nodes: Vec<&[(u32, Vec<DirEnt<'_>>)]> = if levels == 1 {
-        leaves.chunks(NODE_LIMIT).collect()
-    } else {
-        Vec::new()
-    };
+    let nodes: Vec<&[(u32, Vec<DirEnt<'_>>)]> =
+        if levels == 1 { leaves.chunks(NODE_LIMIT).collect() } else { Vec::new() };
     if nodes.len() > ROOT_LIMIT {
         return Err(TooLarge);
     }
@@ -78,37 +75,15 @@ pub fn build(
     let mut out = Vec::with_capacity(1 + nodes.len() + leaves.len());
 
     let mut root = vec![0u8; BS];
-    put_entry(
-        &mut root,
-        0,
-        &DirEnt {
-            name: b".",
-            ino: dot,
-            ft: FT_DIR,
-        },
-        12,
-    );
-    put_entry(
-        &mut root,
-        12,
-        &DirEnt {
-            name: b"..",
-            ino: dotdot,
-            ft: FT_DIR,
-        },
-        BS - 12,
-    );
+    put_entry(&mut root, 0, &DirEnt { name: b".", ino: dot, ft: FT_DIR }, 12);
+    put_entry(&mut root, 12, &DirEnt { name: b"..", ino: dotdot, ft: FT_DIR }, BS - 12);
     put_u32(&mut root, 0x18, 0); // dx_root_info.reserved_zero
     put_u8(&mut root, 0x1C, HASH_HALF_MD4); // hash_version
     put_u8(&mut root, 0x1D, 8); // info_length
     put_u8(&mut root, 0x1E, levels); // indirect_levels
     put_u8(&mut root, 0x1F, 0); // unused_flags
     if levels == 0 {
-        let idx: Vec<(u32, u32)> = leaves
-            .iter()
-            .enumerate()
-            .map(|(i, (h, _))| (*h, first_leaf + i as u32))
-            .collect();
+        let idx: Vec<(u32, u32)> = leaves.iter().enumerate().map(|(i, (h, _))| (*h, first_leaf + i as u32)).collect();
         put_index(&mut root, 0x20, ROOT_LIMIT, &idx, csum_seed);
         out.push(root);
     } else {

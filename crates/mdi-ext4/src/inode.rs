@@ -106,8 +106,7 @@ impl Inode {
         put_u32(b, 0x8C, atx); // i_atime_extra
         put_u32(b, 0x90, crt); // i_crtime
         put_u32(b, 0x94, crtx); // i_crtime_extra
-        b[XATTR_OFFSET..XATTR_OFFSET + self.inline_xattrs.len()]
-            .copy_from_slice(&self.inline_xattrs);
+        b[XATTR_OFFSET..XATTR_OFFSET + self.inline_xattrs.len()].copy_from_slice(&self.inline_xattrs);
         // Checksum over the whole record with l_i_checksum_lo (0x7C) and i_checksum_hi
         // (0x82) zero, seeded per inode (generation is always 0 here).
         let c = crc32c_raw(inode_seed(fs_seed, ino, 0), b);

@@ -73,16 +73,8 @@ impl Superblock {
         put_u32(&mut b, 0x54, 11); // s_first_ino
         put_u16(&mut b, 0x58, INODE_SIZE as u16); // s_inode_size
         put_u16(&mut b, 0x5A, group); // s_block_group_nr
-        put_u32(
-            &mut b,
-            0x5C,
-            COMPAT_HAS_JOURNAL | COMPAT_EXT_ATTR | COMPAT_RESIZE_INODE | COMPAT_DIR_INDEX,
-        );
-        put_u32(
-            &mut b,
-            0x60,
-            INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG,
-        );
+        put_u32(&mut b, 0x5C, COMPAT_HAS_JOURNAL | COMPAT_EXT_ATTR | COMPAT_RESIZE_INODE | COMPAT_DIR_INDEX);
+        put_u32(&mut b, 0x60, INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG);
         put_u32(
             &mut b,
             0x64,

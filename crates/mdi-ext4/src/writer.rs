@@ -4,9 +4,7 @@
 use crate::alloc::{Alloc, Run};
 use crate::bytes::{get_u32, put_u32};
 use crate::checksum::{crc32c_raw, fs_seed, inode_seed};
-use crate::dir_entry::{
-    self, DirEnt, FT_BLK, FT_CHR, FT_DIR, FT_FIFO, FT_REG, FT_SOCK, FT_SYMLINK, LEAF_SPACE,
-};
+use crate::dir_entry::{self, DirEnt, FT_BLK, FT_CHR, FT_DIR, FT_FIFO, FT_REG, FT_SOCK, FT_SYMLINK, LEAF_SPACE};
 use crate::extent::{self, Extent};
 use crate::geometry::*;
 use crate::group_desc::GroupDesc;
@@ -90,18 +88,10 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
     let t = (opts.time, 0u32);
 
     // ---- 1. Number inodes: depth-first in sorted order; hard links share one inode.
-    let has_lpf = tree
-        .child(ROOT, b"lost+found")
-        .is_some_and(|c| matches!(tree.get(c).kind, Kind::Dir { .. }));
+    let has_lpf = tree.child(ROOT, b"lost+found").is_some_and(|c| matches!(tree.get(c).kind, Kind::Dir { .. }));
     let mut ino_of = vec![0u32; tree.len()];
     let mut nodes: Vec<Node> = Vec::new(); // index = ino - 1
-    let blank = |entry| Node {
-        entry,
-        links: 0,
-        inode: Inode::default(),
-        extents: Vec::new(),
-        extra_blocks: 0,
-    };
+    let blank = |entry| Node { entry, links: 0, inode: Inode::default(), extents: Vec::new(), extra_blocks: 0 };
     for _ in 0..10 {
         nodes.push(blank(None));
     }
@@ -149,11 +139,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
     if last_ino > u64::from(u32::MAX) / 2 {
         return Err(Error::TooManyInodes(last_ino));
     }
-    let lpf_ino = if has_lpf {
-        ino_of[tree.child(ROOT, b"lost+found").expect("checked") as usize]
-    } else {
-        LPF_INO
-    };
+    let lpf_ino = if has_lpf { ino_of[tree.child(ROOT, b"lost+found").expect("checked") as usize] } else { LPF_INO };
 
     // ---- 2. The GDT region: descriptors plus reserved blocks, sized from an upper bound
     // of the final size so that it can be fixed before anything else is placed.
@@ -168,10 +154,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         .sum();
     let blocks_ub = match opts.size {
         SizeRequest::Fixed { bytes } => bytes / BLOCK_SIZE,
-        SizeRequest::Auto {
-            extra_bytes,
-            align_bytes,
-        } => {
+        SizeRequest::Auto { extra_bytes, align_bytes } => {
             let inodes_ub = last_ino + extra_bytes / BYTES_PER_FREE_INODE + 64;
             data_blocks_ub
                 + (extra_bytes + align_bytes) / BLOCK_SIZE
@@ -199,18 +182,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
             // Our own lost+found: root-owned 0700 directory of 4 empty blocks.
             let seed = inode_seed(fs_seed, ino, 0);
             let mut blocks = vec![dir_entry::leaf_block(
-                &[
-                    DirEnt {
-                        name: b".",
-                        ino,
-                        ft: FT_DIR,
-                    },
-                    DirEnt {
-                        name: b"..",
-                        ino: 2,
-                        ft: FT_DIR,
-                    },
-                ],
+                &[DirEnt { name: b".", ino, ft: FT_DIR }, DirEnt { name: b"..", ino: 2, ft: FT_DIR }],
                 seed,
             )];
             for _ in 1..LPF_BLOCKS {
@@ -243,10 +215,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
             crtime: t,
             ..Inode::default()
         };
-        match xattr::encode(&e.meta.xattrs).map_err(|source| Error::Xattr {
-            path: path(),
-            source,
-        })? {
+        match xattr::encode(&e.meta.xattrs).map_err(|source| Error::Xattr { path: path(), source })? {
             xattr::Placement::None => {}
             xattr::Placement::Inline(area) => node_inode.inline_xattrs = area,
             xattr::Placement::Block(mut b) => {
@@ -260,53 +229,25 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         let seed = inode_seed(fs_seed, ino, 0);
         match &e.kind {
             Kind::Dir { children } => {
-                let parent = if id == ROOT {
-                    2
-                } else {
-                    ino_of[e.parent as usize]
-                };
+                let parent = if id == ROOT { 2 } else { ino_of[e.parent as usize] };
                 let mut ents: Vec<DirEnt<'_>> = children
                     .iter()
-                    .map(|&c| DirEnt {
-                        name: &tree.get(c).name,
-                        ino: ino_of[c as usize],
-                        ft: ft_of(&tree.get(c).kind),
-                    })
+                    .map(|&c| DirEnt { name: &tree.get(c).name, ino: ino_of[c as usize], ft: ft_of(&tree.get(c).kind) })
                     .collect();
                 if id == ROOT && !has_lpf {
                     let pos = ents.partition_point(|d| d.name < &b"lost+found"[..]);
-                    ents.insert(
-                        pos,
-                        DirEnt {
-                            name: b"lost+found",
-                            ino: LPF_INO,
-                            ft: FT_DIR,
-                        },
-                    );
+                    ents.insert(pos, DirEnt { name: b"lost+found", ino: LPF_INO, ft: FT_DIR });
                 }
                 let subdirs = ents.iter().filter(|d| d.ft == FT_DIR).count() as u32;
-                let dot = [
-                    DirEnt {
-                        name: b".",
-                        ino,
-                        ft: FT_DIR,
-                    },
-                    DirEnt {
-                        name: b"..",
-                        ino: parent,
-                        ft: FT_DIR,
-                    },
-                ];
-                let blocks =
-                    if dir_entry::packed_len(&dot) + dir_entry::packed_len(&ents) <= LEAF_SPACE {
-                        let mut all = dot.to_vec();
-                        all.extend(ents.iter().cloned());
-                        vec![dir_entry::leaf_block(&all, seed)]
-                    } else {
-                        node_inode.flags |= FL_INDEX;
-                        htree::build(ino, parent, &ents, &hash_seed, seed)
-                            .map_err(|_| Error::DirTooLarge(path()))?
-                    };
+                let dot = [DirEnt { name: b".", ino, ft: FT_DIR }, DirEnt { name: b"..", ino: parent, ft: FT_DIR }];
+                let blocks = if dir_entry::packed_len(&dot) + dir_entry::packed_len(&ents) <= LEAF_SPACE {
+                    let mut all = dot.to_vec();
+                    all.extend(ents.iter().cloned());
+                    vec![dir_entry::leaf_block(&all, seed)]
+                } else {
+                    node_inode.flags |= FL_INDEX;
+                    htree::build(ino, parent, &ents, &hash_seed, seed).map_err(|_| Error::DirTooLarge(path()))?
+                };
                 node_inode.flags |= FL_EXTENTS;
                 node_inode.size = blocks.len() as u64 * BLOCK_SIZE;
                 place_blocks(&mut alloc, sink, &blocks, &mut node.extents)?;
@@ -334,11 +275,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
                 if *major < 256 && *minor < 256 {
                     put_u32(&mut node_inode.i_block, 0, (major << 8) | minor);
                 } else {
-                    put_u32(
-                        &mut node_inode.i_block,
-                        4,
-                        (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12),
-                    );
+                    put_u32(&mut node_inode.i_block, 4, (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12));
                 }
             }
             Kind::File { size, .. } => {
@@ -412,8 +349,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
             ..Inode::default()
         };
         let jsb = journal::superblock(journal_len as u32, &opts.uuid);
-        sink.write_at(journal_runs[0].0 * BLOCK_SIZE, &jsb)
-            .map_err(Error::Write)?;
+        sink.write_at(journal_runs[0].0 * BLOCK_SIZE, &jsb).map_err(Error::Write)?;
     }
     if !journal_tree.is_empty() {
         tree_blocks.push((7, journal_tree.clone()));
@@ -447,14 +383,9 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         for i in 0..reserved {
             let mut ind = vec![0u8; BS];
             for (k, g) in backups.iter().enumerate() {
-                put_u32(
-                    &mut ind,
-                    k * 4,
-                    (1 + desc + i + g * BLOCKS_PER_GROUP) as u32,
-                );
+                put_u32(&mut ind, k * 4, (1 + desc + i + g * BLOCKS_PER_GROUP) as u32);
             }
-            sink.write_at((1 + desc + i) * BLOCK_SIZE, &ind)
-                .map_err(Error::Write)?;
+            sink.write_at((1 + desc + i) * BLOCK_SIZE, &ind).map_err(Error::Write)?;
         }
     }
 
@@ -540,10 +471,8 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         };
         free_blocks_total += free_b;
         free_inodes_total += u64::from(ipg) - used_i;
-        sink.write_at(block_bitmaps[g as usize] * BLOCK_SIZE, &bb)
-            .map_err(Error::Write)?;
-        sink.write_at(inode_bitmaps[g as usize] * BLOCK_SIZE, &ib)
-            .map_err(Error::Write)?;
+        sink.write_at(block_bitmaps[g as usize] * BLOCK_SIZE, &bb).map_err(Error::Write)?;
+        sink.write_at(inode_bitmaps[g as usize] * BLOCK_SIZE, &ib).map_err(Error::Write)?;
         // Inode table: the used inodes are a prefix of the group.
         if used_i > 0 {
             let mut it = vec![0u8; (used_i * INODE_SIZE) as usize];
@@ -552,12 +481,10 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
                 let n = &nodes[ino as usize - 1];
                 let off = (k * INODE_SIZE) as usize;
                 if n.inode.mode != 0 || n.inode.links != 0 {
-                    n.inode
-                        .encode(ino as u32, fs_seed, &mut it[off..off + INODE_SIZE as usize]);
+                    n.inode.encode(ino as u32, fs_seed, &mut it[off..off + INODE_SIZE as usize]);
                 }
             }
-            sink.write_at(inode_tables[g as usize] * BLOCK_SIZE, &it)
-                .map_err(Error::Write)?;
+            sink.write_at(inode_tables[g as usize] * BLOCK_SIZE, &it).map_err(Error::Write)?;
         }
         gds.push(gd);
     }
@@ -593,10 +520,8 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         let mut first = vec![0u8; BS];
         let off = if g == 0 { 1024 } else { 0 };
         first[off..off + 1024].copy_from_slice(&sb.encode(g as u16));
-        sink.write_at(g * BLOCKS_PER_GROUP * BLOCK_SIZE, &first)
-            .map_err(Error::Write)?;
-        sink.write_at((g * BLOCKS_PER_GROUP + 1) * BLOCK_SIZE, &gdt)
-            .map_err(Error::Write)?;
+        sink.write_at(g * BLOCKS_PER_GROUP * BLOCK_SIZE, &first).map_err(Error::Write)?;
+        sink.write_at((g * BLOCKS_PER_GROUP + 1) * BLOCK_SIZE, &gdt).map_err(Error::Write)?;
     }
 
     phase("done");
@@ -664,21 +589,11 @@ struct Tail {
 /// Finds the filesystem size and places the journal, bitmaps and inode tables after
 /// everything else. The size, the journal size (a step function of the size), the group
 /// count and the inodes per group depend on each other: iterate to the fixed point.
-fn size_and_place_tail(
-    base: &Alloc,
-    used_inodes: u64,
-    head_len: u64,
-    opts: &Options,
-) -> Result<Tail, Error> {
+fn size_and_place_tail(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Options) -> Result<Tail, Error> {
     let (extra_blocks, align, fixed) = match opts.size {
-        SizeRequest::Auto {
-            extra_bytes,
-            align_bytes,
-        } => (
-            extra_bytes.div_ceil(BLOCK_SIZE),
-            (align_bytes / BLOCK_SIZE).max(1),
-            None,
-        ),
+        SizeRequest::Auto { extra_bytes, align_bytes } => {
+            (extra_bytes.div_ceil(BLOCK_SIZE), (align_bytes / BLOCK_SIZE).max(1), None)
+        }
         SizeRequest::Fixed { bytes } => (0, 1, Some(trim_last_group(bytes / BLOCK_SIZE, head_len))),
     };
     let mut blocks = fixed.unwrap_or_else(|| base.next() + extra_blocks);
@@ -705,10 +620,8 @@ fn size_and_place_tail(
                 }
             }
         }
-        let ipg = wanted
-            .div_ceil(groups)
-            .next_multiple_of(INODES_PER_BLOCK)
-            .clamp(INODES_PER_BLOCK, MAX_INODES_PER_GROUP);
+        let ipg =
+            wanted.div_ceil(groups).next_multiple_of(INODES_PER_BLOCK).clamp(INODES_PER_BLOCK, MAX_INODES_PER_GROUP);
         let itb = ipg * INODE_SIZE / BLOCK_SIZE;
         let journal_len = journal_blocks_for(blocks);
 
@@ -723,9 +636,7 @@ fn size_and_place_tail(
             }
             v
         };
-        let journal_tree: Vec<u64> = (0..extent::tree_blocks(jext.len()))
-            .map(|_| a.contiguous(1))
-            .collect();
+        let journal_tree: Vec<u64> = (0..extent::tree_blocks(jext.len())).map(|_| a.contiguous(1)).collect();
         let block_bitmaps: Vec<u64> = (0..groups).map(|_| a.contiguous(1)).collect();
         let inode_bitmaps: Vec<u64> = (0..groups).map(|_| a.contiguous(1)).collect();
         let inode_tables: Vec<u64> = (0..groups).map(|_| a.contiguous(itb)).collect();
@@ -780,13 +691,7 @@ fn trim_last_group(blocks: u64, head_len: u64) -> u64 {
 }
 
 fn too_small(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Options, have: u64) -> Error {
-    let auto = Options {
-        size: SizeRequest::Auto {
-            extra_bytes: 0,
-            align_bytes: BLOCK_SIZE,
-        },
-        ..opts.clone()
-    };
+    let auto = Options { size: SizeRequest::Auto { extra_bytes: 0, align_bytes: BLOCK_SIZE }, ..opts.clone() };
     let need = match size_and_place_tail(base, used_inodes, head_len, &auto) {
         Ok(t) => t.blocks * BLOCK_SIZE,
         Err(_) => 0,
@@ -795,10 +700,7 @@ fn too_small(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Options, have
         SizeRequest::Fixed { bytes } => bytes,
         _ => have * BLOCK_SIZE,
     };
-    Error::TooSmall {
-        need,
-        have: have_bytes,
-    }
+    Error::TooSmall { need, have: have_bytes }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -862,16 +764,12 @@ fn read_chunk(c: &Chunk<'_>, file_size: u64) -> Result<ChunkOut, Error> {
             if bytes.len() as u64 != file_size {
                 return Err(Error::SourceChanged("<generated>".into()));
             }
-            out.bytes
-                .extend_from_slice(&bytes[c.offset as usize..(c.offset + c.len) as usize]);
+            out.bytes.extend_from_slice(&bytes[c.offset as usize..(c.offset + c.len) as usize]);
             compact(&mut out, 0, c.offset);
         }
         FileData::Path(path) => {
             use std::os::unix::fs::MetadataExt;
-            let rerr = |source| Error::Read {
-                path: path.clone(),
-                source,
-            };
+            let rerr = |source| Error::Read { path: path.clone(), source };
             let f = File::open(path).map_err(rerr)?;
             let md = f.metadata().map_err(rerr)?;
             if md.len() != file_size {
@@ -961,12 +859,7 @@ fn stream_data(
         let mut off = 0;
         while off < size {
             let len = CHUNK_BYTES.min(size - off);
-            cur.push(Chunk {
-                job: j,
-                data,
-                offset: off,
-                len,
-            });
+            cur.push(Chunk { job: j, data, offset: off, len });
             cur_bytes += len;
             off += len;
             if cur_bytes >= BATCH_BYTES || cur.len() >= 8192 {
@@ -988,13 +881,10 @@ fn stream_data(
         s.spawn(move || {
             // Reading is mostly waiting for the disk: keep more reads in flight than there
             // are cores. The order of the output does not depend on it.
-            let readers = rayon::ThreadPoolBuilder::new()
-                .num_threads((rayon::current_num_threads() * 4).clamp(4, 32))
-                .build();
+            let readers =
+                rayon::ThreadPoolBuilder::new().num_threads((rayon::current_num_threads() * 4).clamp(4, 32)).build();
             let Ok(readers) = readers else {
-                let _ = tx.send(Err(Error::Write(io::Error::other(
-                    "cannot start reader threads",
-                ))));
+                let _ = tx.send(Err(Error::Write(io::Error::other("cannot start reader threads"))));
                 return;
             };
             for batch in batches {
@@ -1002,12 +892,8 @@ fn stream_data(
                     let _ = tx.send(Err(Error::Interrupted));
                     return;
                 }
-                let r: Result<Vec<ChunkOut>, Error> = readers.install(|| {
-                    batch
-                        .par_iter()
-                        .map(|c| read_chunk(c, sizes[c.job]))
-                        .collect()
-                });
+                let r: Result<Vec<ChunkOut>, Error> =
+                    readers.install(|| batch.par_iter().map(|c| read_chunk(c, sizes[c.job])).collect());
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {
                     return;

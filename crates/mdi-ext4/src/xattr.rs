@@ -60,11 +60,7 @@ fn split(name: &[u8], value: &[u8]) -> Result<Attr, XattrError> {
     if rest.len() > 255 {
         return Err(XattrError::Namespace(shown()));
     }
-    Ok(Attr {
-        index,
-        name: rest.to_vec(),
-        value: value.to_vec(),
-    })
+    Ok(Attr { index, name: rest.to_vec(), value: value.to_vec() })
 }
 
 /// POSIX ACL xattr (version 2, 8-byte entries) → ext4 ACL (version 1; owner, group-owner,
@@ -78,7 +74,7 @@ fn acl_to_disk(v: &[u8]) -> Option<Vec<u8>> {
         let tag = get_u16(e, 0);
         out.extend_from_slice(&e[0..4]);
         match tag {
-            0x01 | 0x04 | 0x10 | 0x20 => {} // USER_OBJ, GROUP_OBJ, MASK, OTHER
+            0x01 | 0x04 | 0x10 | 0x20 => {}                 // USER_OBJ, GROUP_OBJ, MASK, OTHER
             0x02 | 0x08 => out.extend_from_slice(&e[4..8]), // USER, GROUP: + id
             _ => return None,
         }
@@ -117,10 +113,7 @@ pub fn encode(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Placement, XattrError> {
     if xattrs.is_empty() {
         return Ok(Placement::None);
     }
-    let mut attrs = xattrs
-        .iter()
-        .map(|(n, v)| split(n, v))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut attrs = xattrs.iter().map(|(n, v)| split(n, v)).collect::<Result<Vec<_>, _>>()?;
     // The kernel searches block entries assuming this order (ext4_xattr_find_entry).
     attrs.sort_by(|a, b| (a.index, a.name.len(), &a.name).cmp(&(b.index, b.name.len(), &b.name)));
     let entries_len: usize = attrs.iter().map(|a| pad4(16 + a.name.len())).sum();
@@ -170,11 +163,7 @@ fn fill_from(buf: &mut [u8], start: usize, attrs: &[Attr]) -> Vec<u32> {
         hashes.push(h);
         put_u8(buf, off, a.name.len() as u8); // e_name_len
         put_u8(buf, off + 1, a.index); // e_name_index
-        put_u16(
-            buf,
-            off + 2,
-            if a.value.is_empty() { 0 } else { vend as u16 },
-        ); // e_value_offs
+        put_u16(buf, off + 2, if a.value.is_empty() { 0 } else { vend as u16 }); // e_value_offs
         put_u32(buf, off + 4, 0); // e_value_inum
         put_u32(buf, off + 8, a.value.len() as u32); // e_value_size
         put_u32(buf, off + 12, h); // e_hash

@@ -16,27 +16,16 @@ pub fn encode(l: &Layout, id: &Identity) -> [u8; 512] {
     let mut b = [0u8; 512];
     let fat32 = l.fat_type == FatType::Fat32;
     // BS_jmpBoot: a short jump over the BPB to a halt loop, and NOP.
-    b[0..3].copy_from_slice(if fat32 {
-        &[0xEB, 0x58, 0x90]
-    } else {
-        &[0xEB, 0x3C, 0x90]
-    });
+    b[0..3].copy_from_slice(if fat32 { &[0xEB, 0x58, 0x90] } else { &[0xEB, 0x3C, 0x90] });
     b[3..11].copy_from_slice(b"MDI 0.1 "); // BS_OEMName
     b[11..13].copy_from_slice(&512u16.to_le_bytes()); // BPB_BytsPerSec
     b[13] = l.sectors_per_cluster as u8; // BPB_SecPerClus
     b[14..16].copy_from_slice(&(l.reserved_sectors as u16).to_le_bytes()); // BPB_RsvdSecCnt
     b[16] = 2; // BPB_NumFATs
-    let root_entries: u16 = if fat32 {
-        0
-    } else {
-        crate::layout::FAT16_ROOT_ENTRIES as u16
-    };
+    let root_entries: u16 = if fat32 { 0 } else { crate::layout::FAT16_ROOT_ENTRIES as u16 };
     b[17..19].copy_from_slice(&root_entries.to_le_bytes()); // BPB_RootEntCnt
-    let (tot16, tot32) = if l.total_sectors < 0x10000 && !fat32 {
-        (l.total_sectors as u16, 0u32)
-    } else {
-        (0, l.total_sectors as u32)
-    };
+    let (tot16, tot32) =
+        if l.total_sectors < 0x10000 && !fat32 { (l.total_sectors as u16, 0u32) } else { (0, l.total_sectors as u32) };
     b[19..21].copy_from_slice(&tot16.to_le_bytes()); // BPB_TotSec16
     b[21] = 0xF8; // BPB_Media: fixed disk
     let fatsz16: u16 = if fat32 { 0 } else { l.fat_sectors as u16 };

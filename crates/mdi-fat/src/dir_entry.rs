@@ -17,9 +17,7 @@ const SHORT_FORBIDDEN: &[u8] = b"\"*+,./:;<=>?[\\]|";
 pub fn valid_long_name(name: &str) -> bool {
     !name.is_empty()
         && name.encode_utf16().count() <= 255
-        && !name
-            .chars()
-            .any(|c| (c as u32) < 0x20 || LFN_FORBIDDEN.contains(&c))
+        && !name.chars().any(|c| (c as u32) < 0x20 || LFN_FORBIDDEN.contains(&c))
         && !name.ends_with('.')
         && !name.ends_with(' ')
 }
@@ -39,9 +37,7 @@ pub fn exact_short(name: &str) -> Option<[u8; 11]> {
     let ok = |p: &str, max: usize| {
         !p.is_empty()
             && p.len() <= max
-            && p.bytes().all(|b| {
-                b.is_ascii_graphic() && !b.is_ascii_lowercase() && !SHORT_FORBIDDEN.contains(&b)
-            })
+            && p.bytes().all(|b| b.is_ascii_graphic() && !b.is_ascii_lowercase() && !SHORT_FORBIDDEN.contains(&b))
     };
     if !ok(base, 8) || !(ext.is_empty() || ok(ext, 3)) {
         return None;
@@ -55,12 +51,7 @@ pub fn exact_short(name: &str) -> Option<[u8; 11]> {
 fn short_char(c: char) -> Option<u8> {
     if c.is_ascii_alphanumeric() {
         Some(c.to_ascii_uppercase() as u8)
-    } else if c.is_ascii()
-        && !c.is_ascii_control()
-        && c != ' '
-        && c != '.'
-        && !SHORT_FORBIDDEN.contains(&(c as u8))
-    {
+    } else if c.is_ascii() && !c.is_ascii_control() && c != ' ' && c != '.' && !SHORT_FORBIDDEN.contains(&(c as u8)) {
         Some(c as u8)
     } else if c == ' ' || c == '.' {
         None // dropped
@@ -79,11 +70,7 @@ pub fn generate_short(name: &str, taken: &dyn Fn(&[u8; 11]) -> bool) -> [u8; 11]
     };
     let basis: Vec<u8> = base.chars().filter_map(short_char).take(8).collect();
     let extb: Vec<u8> = ext.chars().filter_map(short_char).take(3).collect();
-    let basis = if basis.is_empty() {
-        b"_".to_vec()
-    } else {
-        basis
-    };
+    let basis = if basis.is_empty() { b"_".to_vec() } else { basis };
     for n in 1u32.. {
         let tail = format!("~{n}");
         let keep = basis.len().min(8 - tail.len());
@@ -100,9 +87,7 @@ pub fn generate_short(name: &str, taken: &dyn Fn(&[u8; 11]) -> bool) -> [u8; 11]
 
 /// The checksum of a short name stored in each of its long-name entries (spec §7.2).
 pub fn lfn_checksum(short: &[u8; 11]) -> u8 {
-    short.iter().fold(0u8, |sum, &c| {
-        (sum >> 1).wrapping_add((sum & 1) << 7).wrapping_add(c)
-    })
+    short.iter().fold(0u8, |sum, &c| (sum >> 1).wrapping_add((sum & 1) << 7).wrapping_add(c))
 }
 
 /// One short (8.3) entry.
@@ -180,10 +165,7 @@ mod tests {
         assert!(exact_short("loader.conf").is_none());
         let none = |_: &[u8; 11]| false;
         assert_eq!(&generate_short("loader.conf", &none), b"LOADER~1CON");
-        assert_eq!(
-            &generate_short("nixos-generation-1.conf", &none),
-            b"NIXOS-~1CON"
-        );
+        assert_eq!(&generate_short("nixos-generation-1.conf", &none), b"NIXOS-~1CON");
         let taken = |s: &[u8; 11]| s == b"LOADER~1CON";
         assert_eq!(&generate_short("loader.conf", &taken), b"LOADER~2CON");
         assert!(valid_long_name("a b.c"));

@@ -57,13 +57,7 @@ impl Layout {
         Self::fat32(total).or_else(|| Self::fat16(total))
     }
 
-    fn solve(
-        total: u64,
-        spc: u64,
-        reserved: u64,
-        root: u64,
-        entry_bytes: u64,
-    ) -> Option<(u64, u64)> {
+    fn solve(total: u64, spc: u64, reserved: u64, root: u64, entry_bytes: u64) -> Option<(u64, u64)> {
         // FAT size and cluster count depend on each other; iterate from a large FAT down.
         let mut fat = 1u64;
         loop {
@@ -89,17 +83,15 @@ impl Layout {
         };
         let reserved = 32;
         let (fat, clusters) = Self::solve(total, spc, reserved, 0, 4)?;
-        (FAT32_MIN_CLUSTERS..=FAT32_MAX_CLUSTERS)
-            .contains(&clusters)
-            .then_some(Layout {
-                fat_type: FatType::Fat32,
-                total_sectors: total,
-                sectors_per_cluster: spc,
-                reserved_sectors: reserved,
-                fat_sectors: fat,
-                root_dir_sectors: 0,
-                clusters,
-            })
+        (FAT32_MIN_CLUSTERS..=FAT32_MAX_CLUSTERS).contains(&clusters).then_some(Layout {
+            fat_type: FatType::Fat32,
+            total_sectors: total,
+            sectors_per_cluster: spc,
+            reserved_sectors: reserved,
+            fat_sectors: fat,
+            root_dir_sectors: 0,
+            clusters,
+        })
     }
 
     fn fat16(total: u64) -> Option<Layout> {
@@ -116,17 +108,15 @@ impl Layout {
         };
         let root = FAT16_ROOT_ENTRIES * 32 / SECTOR;
         let (fat, clusters) = Self::solve(total, spc, 1, root, 2)?;
-        (FAT16_MIN_CLUSTERS..FAT32_MIN_CLUSTERS)
-            .contains(&clusters)
-            .then_some(Layout {
-                fat_type: FatType::Fat16,
-                total_sectors: total,
-                sectors_per_cluster: spc,
-                reserved_sectors: 1,
-                fat_sectors: fat,
-                root_dir_sectors: root,
-                clusters,
-            })
+        (FAT16_MIN_CLUSTERS..FAT32_MIN_CLUSTERS).contains(&clusters).then_some(Layout {
+            fat_type: FatType::Fat16,
+            total_sectors: total,
+            sectors_per_cluster: spc,
+            reserved_sectors: 1,
+            fat_sectors: fat,
+            root_dir_sectors: root,
+            clusters,
+        })
     }
 }
 
@@ -147,10 +137,7 @@ mod tests {
         for mib in [5u64, 16, 33, 34, 40, 100, 248, 1024, 9000] {
             let l = Layout::plan(mib << 20).unwrap();
             let per = if l.fat_type == FatType::Fat32 { 4 } else { 2 };
-            assert!(
-                l.fat_sectors * SECTOR >= (l.clusters + 2) * per,
-                "{mib} MiB"
-            );
+            assert!(l.fat_sectors * SECTOR >= (l.clusters + 2) * per, "{mib} MiB");
             assert!(l.data_start() + l.clusters * l.sectors_per_cluster <= l.total_sectors);
         }
     }

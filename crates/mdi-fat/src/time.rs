@@ -26,9 +26,7 @@ pub fn dos(t: i64) -> (u16, u16) {
     let (y, m, d) = civil(t.div_euclid(86_400));
     let secs = t.rem_euclid(86_400);
     let date = (((y - 1980) as u16) << 9) | ((m as u16) << 5) | d as u16;
-    let time = (((secs / 3600) as u16) << 11)
-        | ((((secs / 60) % 60) as u16) << 5)
-        | ((secs % 60) / 2) as u16;
+    let time = (((secs / 3600) as u16) << 11) | ((((secs / 60) % 60) as u16) << 5) | ((secs % 60) / 2) as u16;
     (date, time)
 }
 

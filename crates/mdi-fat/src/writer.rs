@@ -1,9 +1,7 @@
 //! Plans a volume from a tree (names, clusters, chains) and writes it in one pass.
 
 use crate::boot_sector::{self, Identity};
-use crate::dir_entry::{
-    self, ShortEntry, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_READ_ONLY, ATTR_VOLUME_ID,
-};
+use crate::dir_entry::{self, ShortEntry, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_READ_ONLY, ATTR_VOLUME_ID};
 use crate::layout::{FatType, Layout, SECTOR};
 use crate::{time, Error};
 use mdi_sink::Sink;
@@ -54,13 +52,7 @@ fn name_of(tree: &Tree, id: EntryId) -> Result<String, Error> {
 
 /// Writes the subtree below `root` as a FAT volume of `bytes` into `sink` (offset 0 = the
 /// volume's first byte).
-pub fn write(
-    tree: &Tree,
-    root: EntryId,
-    bytes: u64,
-    opts: &Options,
-    sink: &mut dyn Sink,
-) -> Result<Report, Error> {
+pub fn write(tree: &Tree, root: EntryId, bytes: u64, opts: &Options, sink: &mut dyn Sink) -> Result<Report, Error> {
     // ---- Names and entry counts per directory (children already sorted by name).
     let mut dirs: Vec<EntryId> = Vec::new();
     let mut files: Vec<EntryId> = Vec::new();
@@ -81,12 +73,7 @@ pub fn write(
     }
     // Files in the same depth-first order as their directories.
     for &d in &dirs {
-        files.extend(
-            tree.children(d)
-                .iter()
-                .copied()
-                .filter(|&c| matches!(tree.get(c).kind, Kind::File { .. })),
-        );
+        files.extend(tree.children(d).iter().copied().filter(|&c| matches!(tree.get(c).kind, Kind::File { .. })));
     }
     let mut names: HashMap<EntryId, (String, [u8; 11], bool)> = HashMap::new();
     let mut dir_entries: HashMap<EntryId, u64> = HashMap::new();
@@ -95,16 +82,10 @@ pub fn write(
         let mut lower: HashMap<String, String> = HashMap::new();
         let mut count: u64 = if d == root { 1 } else { 2 }; // volume label, or . and ..
         let kids = tree.children(d);
-        let long: Vec<String> = kids
-            .iter()
-            .map(|&c| name_of(tree, c))
-            .collect::<Result<_, _>>()?;
+        let long: Vec<String> = kids.iter().map(|&c| name_of(tree, c)).collect::<Result<_, _>>()?;
         for (c, n) in kids.iter().zip(&long) {
             if let Some(prev) = lower.insert(n.to_lowercase(), n.clone()) {
-                return Err(Error::CaseCollision(
-                    format!("{}/{prev}", tree.path_of(d)),
-                    tree.path_of(*c),
-                ));
+                return Err(Error::CaseCollision(format!("{}/{prev}", tree.path_of(d)), tree.path_of(*c)));
             }
         }
         // Exact 8.3 names first, so generated ones never take them.
@@ -130,35 +111,16 @@ pub fn write(
     // ---- Geometry, then clusters: directories first (the root first: FAT32's root is
     // cluster 2), then files, each contiguous.
     let need_clusters = |cb: u64| -> u64 {
-        dirs.iter()
-            .map(|d| {
-                if *d == root {
-                    0
-                } else {
-                    (dir_entries[d] * 32).div_ceil(cb).max(1)
-                }
-            })
-            .sum::<u64>()
-            + files
-                .iter()
-                .map(|&f| file_size(tree, f).div_ceil(cb))
-                .sum::<u64>()
+        dirs.iter().map(|d| if *d == root { 0 } else { (dir_entries[d] * 32).div_ceil(cb).max(1) }).sum::<u64>()
+            + files.iter().map(|&f| file_size(tree, f).div_ceil(cb)).sum::<u64>()
     };
-    let layout =
-        Layout::plan(bytes).ok_or_else(|| too_small(bytes, &need_clusters, &dir_entries, root))?;
+    let layout = Layout::plan(bytes).ok_or_else(|| too_small(bytes, &need_clusters, &dir_entries, root))?;
     let cb = layout.cluster_bytes();
     let fat32 = layout.fat_type == FatType::Fat32;
     if !fat32 && dir_entries[&root] > crate::layout::FAT16_ROOT_ENTRIES {
-        return Err(Error::TooSmall {
-            need: bytes.max(64 << 20),
-            have: bytes,
-        });
+        return Err(Error::TooSmall { need: bytes.max(64 << 20), have: bytes });
     }
-    let root_clusters = if fat32 {
-        (dir_entries[&root] * 32).div_ceil(cb).max(1)
-    } else {
-        0
-    };
+    let root_clusters = if fat32 { (dir_entries[&root] * 32).div_ceil(cb).max(1) } else { 0 };
     if need_clusters(cb) + root_clusters > layout.clusters {
         return Err(too_small(bytes, &need_clusters, &dir_entries, root));
     }
@@ -166,24 +128,10 @@ pub fn write(
     let mut index: HashMap<EntryId, usize> = HashMap::new();
     let mut next = 2u64;
     for &d in &dirs {
-        let n = if d == root {
-            root_clusters
-        } else {
-            (dir_entries[&d] * 32).div_ceil(cb).max(1)
-        };
-        let parent = if d == root {
-            None
-        } else {
-            Some(index[&tree.get(d).parent])
-        };
+        let n = if d == root { root_clusters } else { (dir_entries[&d] * 32).div_ceil(cb).max(1) };
+        let parent = if d == root { None } else { Some(index[&tree.get(d).parent]) };
         index.insert(d, objs.len());
-        objs.push(Obj {
-            entry: d,
-            is_dir: true,
-            first: if n > 0 { next as u32 } else { 0 },
-            clusters: n,
-            parent,
-        });
+        objs.push(Obj { entry: d, is_dir: true, first: if n > 0 { next as u32 } else { 0 }, clusters: n, parent });
         next += n;
     }
     for &f in &files {
@@ -207,14 +155,9 @@ pub fn write(
     for (i, b) in opts.label.to_uppercase().bytes().take(11).enumerate() {
         label[i] = b;
     }
-    let id = Identity {
-        volume_id: opts.volume_id,
-        label,
-        hidden_sectors: opts.hidden_sectors,
-    };
+    let id = Identity { volume_id: opts.volume_id, label, hidden_sectors: opts.hidden_sectors };
     let bs = boot_sector::encode(&layout, &id);
-    let w =
-        |sink: &mut dyn Sink, off: u64, data: &[u8]| sink.write_at(off, data).map_err(Error::Write);
+    let w = |sink: &mut dyn Sink, off: u64, data: &[u8]| sink.write_at(off, data).map_err(Error::Write);
     w(sink, 0, &bs)?;
     if fat32 {
         let info = boot_sector::fsinfo(free as u32, (next as u32).min(layout.clusters as u32 + 1));
@@ -245,22 +188,11 @@ pub fn write(
     for o in &objs {
         for k in 0..o.clusters {
             let c = u64::from(o.first) + k;
-            set(
-                c,
-                if k + 1 == o.clusters {
-                    eoc
-                } else {
-                    (c + 1) as u32
-                },
-            );
+            set(c, if k + 1 == o.clusters { eoc } else { (c + 1) as u32 });
         }
     }
     for copy in 0..2 {
-        w(
-            sink,
-            (layout.reserved_sectors + copy * layout.fat_sectors) * SECTOR,
-            &fat,
-        )?;
+        w(sink, (layout.reserved_sectors + copy * layout.fat_sectors) * SECTOR, &fat)?;
     }
 
     // ---- Directories.
@@ -268,70 +200,30 @@ pub fn write(
         let e = tree.get(o.entry);
         let (attr, size) = match e.kind {
             Kind::Dir { .. } => (ATTR_DIRECTORY, 0),
-            Kind::File { size, .. } => (
-                ATTR_ARCHIVE
-                    | if e.meta.perm & 0o222 == 0 {
-                        ATTR_READ_ONLY
-                    } else {
-                        0
-                    },
-                size as u32,
-            ),
+            Kind::File { size, .. } => {
+                (ATTR_ARCHIVE | if e.meta.perm & 0o222 == 0 { ATTR_READ_ONLY } else { 0 }, size as u32)
+            }
             _ => unreachable!("checked above"),
         };
-        ShortEntry {
-            name,
-            attr,
-            cluster: o.first,
-            size,
-            date,
-            time: tod,
-        }
-        .encode()
+        ShortEntry { name, attr, cluster: o.first, size, date, time: tod }.encode()
     };
     for o in objs.iter().filter(|o| o.is_dir) {
         let mut buf: Vec<u8> = Vec::new();
         if o.entry == root {
             buf.extend_from_slice(
-                &ShortEntry {
-                    name: label,
-                    attr: ATTR_VOLUME_ID,
-                    cluster: 0,
-                    size: 0,
-                    date,
-                    time: tod,
-                }
-                .encode(),
+                &ShortEntry { name: label, attr: ATTR_VOLUME_ID, cluster: 0, size: 0, date, time: tod }.encode(),
             );
         } else {
             buf.extend_from_slice(
-                &ShortEntry {
-                    name: *b".          ",
-                    attr: ATTR_DIRECTORY,
-                    cluster: o.first,
-                    size: 0,
-                    date,
-                    time: tod,
-                }
-                .encode(),
+                &ShortEntry { name: *b".          ", attr: ATTR_DIRECTORY, cluster: o.first, size: 0, date, time: tod }
+                    .encode(),
             );
             // ".." of a directory in the root points at cluster 0, even on FAT32 (spec §6.7).
             let parent = &objs[o.parent.expect("non-root has a parent")];
-            let pc = if parent.entry == root {
-                0
-            } else {
-                parent.first
-            };
+            let pc = if parent.entry == root { 0 } else { parent.first };
             buf.extend_from_slice(
-                &ShortEntry {
-                    name: *b"..         ",
-                    attr: ATTR_DIRECTORY,
-                    cluster: pc,
-                    size: 0,
-                    date,
-                    time: tod,
-                }
-                .encode(),
+                &ShortEntry { name: *b"..         ", attr: ATTR_DIRECTORY, cluster: pc, size: 0, date, time: tod }
+                    .encode(),
             );
         }
         for c in tree.children(o.entry) {
@@ -366,10 +258,7 @@ pub fn write(
                 w(sink, at, b)?;
             }
             FileData::Path(p) => {
-                let rerr = |source| Error::Read {
-                    path: p.clone(),
-                    source,
-                };
+                let rerr = |source| Error::Read { path: p.clone(), source };
                 let mut f = std::fs::File::open(p).map_err(rerr)?;
                 let mut buf = vec![0u8; (8 << 20).min(size as usize)];
                 let mut done = 0u64;
@@ -388,12 +277,7 @@ pub fn write(
             }
         }
     }
-    Ok(Report {
-        fat_type: layout.fat_type,
-        cluster_bytes: cb,
-        clusters: layout.clusters,
-        free_clusters: free,
-    })
+    Ok(Report { fat_type: layout.fat_type, cluster_bytes: cb, clusters: layout.clusters, free_clusters: free })
 }
 
 fn file_size(tree: &Tree, f: EntryId) -> u64 {
@@ -415,16 +299,10 @@ fn too_small(
         mib += 1;
         if let Some(l) = Layout::plan(mib << 20) {
             let cb = l.cluster_bytes();
-            let root_clusters = if l.fat_type == FatType::Fat32 {
-                (dir_entries[&root] * 32).div_ceil(cb).max(1)
-            } else {
-                0
-            };
+            let root_clusters =
+                if l.fat_type == FatType::Fat32 { (dir_entries[&root] * 32).div_ceil(cb).max(1) } else { 0 };
             if need_clusters(cb) + root_clusters <= l.clusters {
-                return Error::TooSmall {
-                    need: mib << 20,
-                    have,
-                };
+                return Error::TooSmall { need: mib << 20, have };
             }
         }
     }

@@ -24,9 +24,7 @@ impl Uuid {
     pub fn parse(s: &str) -> Result<Self, ParseUuidError> {
         let hexdigits: String = s.chars().filter(|c| *c != '-').collect();
         let bytes = hex::decode(&hexdigits).map_err(|_| ParseUuidError(s.to_string()))?;
-        let arr: [u8; 16] = bytes
-            .try_into()
-            .map_err(|_| ParseUuidError(s.to_string()))?;
+        let arr: [u8; 16] = bytes.try_into().map_err(|_| ParseUuidError(s.to_string()))?;
         Ok(Uuid(arr))
     }
 
@@ -34,25 +32,14 @@ impl Uuid {
     /// (first three fields little-endian; UEFI spec, appendix A).
     pub fn to_guid_bytes(self) -> [u8; 16] {
         let b = self.0;
-        [
-            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
-            b[14], b[15],
-        ]
+        [b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]
     }
 }
 
 impl fmt::Display for Uuid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let h = hex::encode(self.0);
-        write!(
-            f,
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        write!(f, "{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
     }
 }
 
@@ -147,51 +134,20 @@ mod tests {
 
     #[test]
     fn repart_disk_guid() {
-        assert_eq!(
-            seed().uuid(b"disk-uuid").to_string().to_uppercase(),
-            "1D2CE291-7CCE-4F7D-BC83-FDB49AD74EBD"
-        );
+        assert_eq!(seed().uuid(b"disk-uuid").to_string().to_uppercase(), "1D2CE291-7CCE-4F7D-BC83-FDB49AD74EBD");
     }
 
     #[test]
     fn repart_partition_uuids() {
         let s = seed();
         let cases = [
-            (
-                "933AC7E1-2EB4-4F13-B844-0E14E2AEF915",
-                0,
-                "4980595D-D74A-483A-AA9E-9903879A0EE5",
-            ),
-            (
-                "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
-                0,
-                "78C92DB8-3D2B-4823-B0DC-792B78F66F1E",
-            ),
-            (
-                "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
-                0,
-                "60F33797-1D71-4DCB-AA6F-20564F036CD0",
-            ),
-            (
-                "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
-                1,
-                "73A4CCD2-EAF5-44DA-A366-F99188210FDC",
-            ),
-            (
-                "8484680C-9521-48C6-9C11-B0720656F69E",
-                0,
-                "7E3369DD-D653-4513-ADF5-B993A9F20C16",
-            ),
-            (
-                "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
-                0,
-                "055D0227-53A6-4033-85C3-9A5973EFF483",
-            ),
-            (
-                "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
-                1,
-                "F7DBBE48-8FD0-4833-8411-AA34E7C8E60A",
-            ),
+            ("933AC7E1-2EB4-4F13-B844-0E14E2AEF915", 0, "4980595D-D74A-483A-AA9E-9903879A0EE5"),
+            ("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", 0, "78C92DB8-3D2B-4823-B0DC-792B78F66F1E"),
+            ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", 0, "60F33797-1D71-4DCB-AA6F-20564F036CD0"),
+            ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", 1, "73A4CCD2-EAF5-44DA-A366-F99188210FDC"),
+            ("8484680C-9521-48C6-9C11-B0720656F69E", 0, "7E3369DD-D653-4513-ADF5-B993A9F20C16"),
+            ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", 0, "055D0227-53A6-4033-85C3-9A5973EFF483"),
+            ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", 1, "F7DBBE48-8FD0-4833-8411-AA34E7C8E60A"),
         ];
         for (ty, n, want) in cases {
             let got = s.partition_uuid(Uuid::parse(ty).unwrap(), n);
@@ -209,10 +165,7 @@ mod tests {
 
     #[test]
     fn clamp() {
-        let t = Timestamp {
-            secs: 100,
-            nsecs: 5,
-        };
+        let t = Timestamp { secs: 100, nsecs: 5 };
         assert_eq!(t.clamp_to(50), Timestamp::from_secs(50));
         assert_eq!(t.clamp_to(200), t);
     }

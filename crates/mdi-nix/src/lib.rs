@@ -81,10 +81,7 @@ pub struct ClosureInfo {
 }
 
 fn read(path: &Path) -> Result<String, NixError> {
-    std::fs::read_to_string(path).map_err(|source| NixError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| NixError::Read { path: path.to_path_buf(), source })
 }
 
 fn check_store_path(file: &Path, line: usize, p: &str) -> Result<(), NixError> {
@@ -92,17 +89,11 @@ fn check_store_path(file: &Path, line: usize, p: &str) -> Result<(), NixError> {
     let ok = name.len() > 33
         && name.as_bytes()[32] == b'-'
         && !name.contains('/')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(NixError::BadStorePath {
-            file: file.to_path_buf(),
-            line,
-            path: p.to_string(),
-        })
+        Err(NixError::BadStorePath { file: file.to_path_buf(), line, path: p.to_string() })
     }
 }
 
@@ -121,10 +112,7 @@ impl ClosureInfo {
         }
         let reg_file = dir.join("registration");
         let registrations = parse_registration(&reg_file, &read(&reg_file)?)?;
-        Ok(ClosureInfo {
-            store_paths,
-            registrations,
-        })
+        Ok(ClosureInfo { store_paths, registrations })
     }
 }
 
@@ -134,54 +122,30 @@ pub fn parse_registration(file: &Path, text: &str) -> Result<Vec<Registration>, 
     let lines: Vec<&str> = text.lines().collect();
     let mut i = 0;
     let mut out = Vec::new();
-    let err = |line: usize, what: &str| NixError::Registration {
-        file: file.to_path_buf(),
-        line,
-        what: what.to_string(),
-    };
+    let err =
+        |line: usize, what: &str| NixError::Registration { file: file.to_path_buf(), line, what: what.to_string() };
     while i < lines.len() {
         if lines[i].is_empty() {
             break; // Nix stops at a blank line too.
         }
         let path = lines[i];
         check_store_path(file, i + 1, path)?;
-        let hash = *lines
-            .get(i + 1)
-            .ok_or_else(|| err(i + 2, "missing NAR hash"))?;
+        let hash = *lines.get(i + 1).ok_or_else(|| err(i + 2, "missing NAR hash"))?;
         if hash.is_empty()
-            || !(hash.starts_with("sha256:")
-                || hash.starts_with("sha256-")
-                || hash.len() == 64
-                || hash.len() == 52)
+            || !(hash.starts_with("sha256:") || hash.starts_with("sha256-") || hash.len() == 64 || hash.len() == 52)
         {
-            return Err(err(
-                i + 2,
-                &format!("expected a NAR hash like sha256:<52 base32 chars>, found '{hash}'"),
-            ));
+            return Err(err(i + 2, &format!("expected a NAR hash like sha256:<52 base32 chars>, found '{hash}'")));
         }
-        let size_s = *lines
-            .get(i + 2)
-            .ok_or_else(|| err(i + 3, "missing NAR size"))?;
-        let nar_size = size_s.parse::<u64>().map_err(|_| {
-            err(
-                i + 3,
-                &format!("expected a NAR size (decimal), found '{size_s}'"),
-            )
-        })?;
-        let deriver = *lines
-            .get(i + 3)
-            .ok_or_else(|| err(i + 4, "missing deriver line (may be empty)"))?;
-        let n_s = *lines
-            .get(i + 4)
-            .ok_or_else(|| err(i + 5, "missing reference count"))?;
-        let n = n_s
-            .parse::<usize>()
-            .map_err(|_| err(i + 5, &format!("expected a reference count, found '{n_s}'")))?;
+        let size_s = *lines.get(i + 2).ok_or_else(|| err(i + 3, "missing NAR size"))?;
+        let nar_size = size_s
+            .parse::<u64>()
+            .map_err(|_| err(i + 3, &format!("expected a NAR size (decimal), found '{size_s}'")))?;
+        let deriver = *lines.get(i + 3).ok_or_else(|| err(i + 4, "missing deriver line (may be empty)"))?;
+        let n_s = *lines.get(i + 4).ok_or_else(|| err(i + 5, "missing reference count"))?;
+        let n = n_s.parse::<usize>().map_err(|_| err(i + 5, &format!("expected a reference count, found '{n_s}'")))?;
         let mut references = Vec::with_capacity(n);
         for k in 0..n {
-            let r = *lines
-                .get(i + 5 + k)
-                .ok_or_else(|| err(i + 6 + k, "missing reference"))?;
+            let r = *lines.get(i + 5 + k).ok_or_else(|| err(i + 6 + k, "missing reference"))?;
             check_store_path(file, i + 6 + k, r)?;
             references.push(r.to_string());
         }
@@ -206,26 +170,15 @@ pub fn add_store_paths(
     store_root: &Path,
     clamp: i64,
 ) -> Result<(), NixError> {
-    let opts = ScanOptions {
-        clamp,
-        keep_owner: false,
-        keep_xattrs: false,
-    };
+    let opts = ScanOptions { clamp, keep_owner: false, keep_xattrs: false };
     let scanned: Vec<Result<(Vec<u8>, Tree), NixError>> = paths
         .par_iter()
         .map(|p| {
             let physical = store_root.join(p.trim_start_matches('/'));
             if std::fs::symlink_metadata(&physical).is_err() {
-                return Err(NixError::Missing {
-                    path: p.clone(),
-                    physical,
-                });
+                return Err(NixError::Missing { path: p.clone(), physical });
             }
-            let name = Path::new(p)
-                .file_name()
-                .expect("checked store path")
-                .as_bytes()
-                .to_vec();
+            let name = Path::new(p).file_name().expect("checked store path").as_bytes().to_vec();
             Ok((name, scan_host(&physical, &opts)?))
         })
         .collect();
@@ -237,12 +190,7 @@ pub fn add_store_paths(
 }
 
 /// The tree of a store-only image (onlyNixStore): the store paths at the root.
-pub fn store_only_tree(
-    info: &ClosureInfo,
-    store_root: &Path,
-    clamp: i64,
-    time: i64,
-) -> Result<Tree, NixError> {
+pub fn store_only_tree(info: &ClosureInfo, store_root: &Path, clamp: i64, time: i64) -> Result<Tree, NixError> {
     let mut tree = Tree::new(Meta::root(0o755, Timestamp::from_secs(time)));
     add_store_paths(&mut tree, ROOT, &info.store_paths, store_root, clamp)?;
     tree.finish();
@@ -258,11 +206,8 @@ mod tests {
 
     #[test]
     fn parses_registration() {
-        let text = format!(
-            "{P1}\nsha256:{}\n120\n\n1\n{P2}\n{P2}\nsha256:{}\n8\n\n0\n",
-            "0".repeat(52),
-            "1".repeat(52)
-        );
+        let text =
+            format!("{P1}\nsha256:{}\n120\n\n1\n{P2}\n{P2}\nsha256:{}\n8\n\n0\n", "0".repeat(52), "1".repeat(52));
         let r = parse_registration(Path::new("r"), &text).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].references, vec![P2.to_string()]);
@@ -273,13 +218,9 @@ mod tests {
     #[test]
     fn registration_errors_name_the_line() {
         let text = format!("{P1}\nsha256:{}\nbig\n\n0\n", "0".repeat(52));
-        let e = parse_registration(Path::new("reg"), &text)
-            .unwrap_err()
-            .to_string();
+        let e = parse_registration(Path::new("reg"), &text).unwrap_err().to_string();
         assert!(e.starts_with("reg:3:"), "{e}");
-        let e = parse_registration(Path::new("reg"), "/etc/passwd\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse_registration(Path::new("reg"), "/etc/passwd\n").unwrap_err().to_string();
         assert!(e.contains("reg:1"), "{e}");
     }
 }

@@ -50,16 +50,8 @@ impl Mbr {
             b[o] = if p.bootable { 0x80 } else { 0 }; // boot indicator
             let protective = p.kind == 0xEE;
             // The protective entry's CHS start is 0/0/2 and its end saturated (UEFI §5.2.3).
-            let start_chs = if protective {
-                [0x00, 0x02, 0x00]
-            } else {
-                chs(p.start)
-            };
-            let end_chs = if protective {
-                [0xFF, 0xFF, 0xFF]
-            } else {
-                chs(p.start + p.sectors - 1)
-            };
+            let start_chs = if protective { [0x00, 0x02, 0x00] } else { chs(p.start) };
+            let end_chs = if protective { [0xFF, 0xFF, 0xFF] } else { chs(p.start + p.sectors - 1) };
             b[o + 1..o + 4].copy_from_slice(&start_chs); // starting CHS
             b[o + 4] = p.kind; // OS type
             b[o + 5..o + 8].copy_from_slice(&end_chs); // ending CHS

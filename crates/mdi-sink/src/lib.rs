@@ -81,8 +81,7 @@ impl Sink for RawSink {
                 i += ZERO_GRAIN;
             }
             let end = i.min(data.len());
-            self.file
-                .write_all_at(&data[start..end], offset + start as u64)?;
+            self.file.write_all_at(&data[start..end], offset + start as u64)?;
             self.written += (end - start) as u64;
         }
         Ok(())
@@ -111,9 +110,7 @@ impl RawSink {
 pub fn is_zero(buf: &[u8]) -> bool {
     let (head, body) = buf.split_at(buf.len() % 16);
     head.iter().all(|&b| b == 0)
-        && body
-            .chunks_exact(16)
-            .all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
+        && body.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
 }
 
 /// A sink that keeps everything in memory (tests and small images).
@@ -182,13 +179,7 @@ mod tests {
 
     fn tempfile_in_tmp() -> File {
         let p = std::env::temp_dir().join(format!("mdi-sink-test-{}", std::process::id()));
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
+        let f = File::options().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
         std::fs::remove_file(&p).unwrap();
         f
     }

@@ -18,10 +18,7 @@ pub struct ScanOptions {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> TreeError {
-    TreeError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    TreeError::Io { path: path.to_path_buf(), source }
 }
 
 /// Glibc's encoding of `dev_t` (sys/sysmacros.h), so that device numbers survive as the
@@ -34,11 +31,8 @@ fn dev_minor(rdev: u64) -> u32 {
 }
 
 fn meta_of(path: &Path, md: &fs::Metadata, opts: &ScanOptions) -> Result<Meta, TreeError> {
-    let mtime = Timestamp {
-        secs: md.mtime(),
-        nsecs: md.mtime_nsec().clamp(0, 999_999_999) as u32,
-    }
-    .clamp_to(opts.clamp);
+    let mtime =
+        Timestamp { secs: md.mtime(), nsecs: md.mtime_nsec().clamp(0, 999_999_999) as u32 }.clamp_to(opts.clamp);
     let mut xattrs = Vec::new();
     if opts.keep_xattrs {
         // The xattr crate uses the l*xattr calls: a symlink's own attributes, not its target's.
@@ -55,18 +49,8 @@ fn meta_of(path: &Path, md: &fs::Metadata, opts: &ScanOptions) -> Result<Meta, T
         }
         xattrs.sort();
     }
-    let (uid, gid) = if opts.keep_owner {
-        (md.uid(), md.gid())
-    } else {
-        (0, 0)
-    };
-    Ok(Meta {
-        perm: (md.mode() & 0o7777) as u16,
-        uid,
-        gid,
-        mtime,
-        xattrs,
-    })
+    let (uid, gid) = if opts.keep_owner { (md.uid(), md.gid()) } else { (0, 0) };
+    Ok(Meta { perm: (md.mode() & 0o7777) as u16, uid, gid, mtime, xattrs })
 }
 
 const fn libc_enotsup() -> i32 {
@@ -76,29 +60,16 @@ const fn libc_enotsup() -> i32 {
 fn kind_of(path: &Path, md: &fs::Metadata) -> Result<Kind, TreeError> {
     let ft = md.file_type();
     Ok(if ft.is_dir() {
-        Kind::Dir {
-            children: Vec::new(),
-        }
+        Kind::Dir { children: Vec::new() }
     } else if ft.is_file() {
-        Kind::File {
-            data: FileData::Path(path.to_path_buf()),
-            size: md.len(),
-        }
+        Kind::File { data: FileData::Path(path.to_path_buf()), size: md.len() }
     } else if ft.is_symlink() {
         let t = fs::read_link(path).map_err(|e| io_err(path, e))?;
-        Kind::Symlink {
-            target: t.as_os_str().as_bytes().to_vec(),
-        }
+        Kind::Symlink { target: t.as_os_str().as_bytes().to_vec() }
     } else if ft.is_char_device() {
-        Kind::CharDev {
-            major: dev_major(md.rdev()),
-            minor: dev_minor(md.rdev()),
-        }
+        Kind::CharDev { major: dev_major(md.rdev()), minor: dev_minor(md.rdev()) }
     } else if ft.is_block_device() {
-        Kind::BlockDev {
-            major: dev_major(md.rdev()),
-            minor: dev_minor(md.rdev()),
-        }
+        Kind::BlockDev { major: dev_major(md.rdev()), minor: dev_minor(md.rdev()) }
     } else if ft.is_fifo() {
         Kind::Fifo
     } else if ft.is_socket() {
@@ -116,15 +87,7 @@ pub fn scan_host(root: &Path, opts: &ScanOptions) -> Result<Tree, TreeError> {
     let kind = kind_of(root, &md)?;
     let link = link_key(&md);
     let meta = meta_of(root, &md, opts)?;
-    let mut tree = Tree {
-        entries: vec![Entry {
-            parent: ROOT,
-            name: Vec::new(),
-            meta,
-            kind,
-            link,
-        }],
-    };
+    let mut tree = Tree { entries: vec![Entry { parent: ROOT, name: Vec::new(), meta, kind, link }] };
     let mut stack: Vec<(EntryId, PathBuf)> = Vec::new();
     if md.is_dir() {
         stack.push((ROOT, root.to_path_buf()));
@@ -138,13 +101,7 @@ pub fn scan_host(root: &Path, opts: &ScanOptions) -> Result<Tree, TreeError> {
             let kind = kind_of(&p, &md)?;
             let is_dir = md.is_dir();
             let meta = meta_of(&p, &md, opts)?;
-            let id = tree.push_child(
-                dir,
-                de.file_name().as_bytes().to_vec(),
-                meta,
-                kind,
-                link_key(&md),
-            )?;
+            let id = tree.push_child(dir, de.file_name().as_bytes().to_vec(), meta, kind, link_key(&md))?;
             if is_dir {
                 stack.push((id, p));
             }

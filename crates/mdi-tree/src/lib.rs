@@ -39,13 +39,7 @@ pub struct Meta {
 impl Meta {
     /// Root-owned, given permissions, given time, no xattrs.
     pub fn root(perm: u16, mtime: Timestamp) -> Self {
-        Meta {
-            perm,
-            uid: 0,
-            gid: 0,
-            mtime,
-            xattrs: Vec::new(),
-        }
+        Meta { perm, uid: 0, gid: 0, mtime, xattrs: Vec::new() }
     }
 }
 
@@ -118,9 +112,7 @@ pub struct Entry {
 #[non_exhaustive]
 pub enum TreeError {
     /// Two sources put something at the same path.
-    #[error(
-        "'{path}' is provided twice ({what}); remove one of the entries or pick another target"
-    )]
+    #[error("'{path}' is provided twice ({what}); remove one of the entries or pick another target")]
     Collision {
         /// The colliding image path.
         path: String,
@@ -128,7 +120,9 @@ pub enum TreeError {
         what: String,
     },
     /// A target path leaves the filesystem root or is not usable.
-    #[error("target '{0}' is not a valid path inside the image (no '..', not empty); use an absolute path such as /etc/foo")]
+    #[error(
+        "target '{0}' is not a valid path inside the image (no '..', not empty); use an absolute path such as /etc/foo"
+    )]
     BadTarget(String),
     /// A path component exists but is not a directory.
     #[error("'{0}' is not a directory in the image, so nothing can be placed below it")]
@@ -160,9 +154,7 @@ impl Tree {
                 parent: ROOT,
                 name: Vec::new(),
                 meta: root,
-                kind: Kind::Dir {
-                    children: Vec::new(),
-                },
+                kind: Kind::Dir { children: Vec::new() },
                 link: None,
             }],
         }
@@ -215,10 +207,7 @@ impl Tree {
 
     /// Looks up a child by name.
     pub fn child(&self, dir: EntryId, name: &[u8]) -> Option<EntryId> {
-        self.children(dir)
-            .iter()
-            .copied()
-            .find(|&c| self.entries[c as usize].name == name)
+        self.children(dir).iter().copied().find(|&c| self.entries[c as usize].name == name)
     }
 
     /// Adds `entry` as child `name` of `dir`. Fails if the name is taken.
@@ -236,10 +225,7 @@ impl Tree {
                 p.push('/');
             }
             p.push_str(&String::from_utf8_lossy(name));
-            return Err(TreeError::Collision {
-                path: p,
-                what: "two sources".into(),
-            });
+            return Err(TreeError::Collision { path: p, what: "two sources".into() });
         }
         self.push_child(dir, name.to_vec(), meta, kind, link)
     }
@@ -253,13 +239,7 @@ impl Tree {
         link: Option<(u64, u64)>,
     ) -> Result<EntryId, TreeError> {
         let id = EntryId::try_from(self.entries.len()).expect("fewer than 2^32 entries");
-        self.entries.push(Entry {
-            parent: dir,
-            name,
-            meta,
-            kind,
-            link,
-        });
+        self.entries.push(Entry { parent: dir, name, meta, kind, link });
         match &mut self.entries[dir as usize].kind {
             Kind::Dir { children } => children.push(id),
             _ => return Err(TreeError::NotADir(self.path_of(dir))),
@@ -269,16 +249,9 @@ impl Tree {
 
     /// Resolves an absolute image path (`/etc/nixos`), creating missing directories with
     /// `dir_meta`. Returns the parent directory id and the last component.
-    pub fn make_parents(
-        &mut self,
-        target: &[u8],
-        dir_meta: &Meta,
-    ) -> Result<(EntryId, Vec<u8>), TreeError> {
+    pub fn make_parents(&mut self, target: &[u8], dir_meta: &Meta) -> Result<(EntryId, Vec<u8>), TreeError> {
         let shown = String::from_utf8_lossy(target).into_owned();
-        let comps: Vec<&[u8]> = target
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty() && *c != b".")
-            .collect();
+        let comps: Vec<&[u8]> = target.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
         if comps.is_empty() || comps.iter().any(|c| *c == b"..") {
             return Err(TreeError::BadTarget(shown));
         }
@@ -289,15 +262,7 @@ impl Tree {
                     Kind::Dir { .. } => id,
                     _ => return Err(TreeError::NotADir(self.path_of(id))),
                 },
-                None => self.push_child(
-                    dir,
-                    c.to_vec(),
-                    dir_meta.clone(),
-                    Kind::Dir {
-                        children: Vec::new(),
-                    },
-                    None,
-                )?,
+                None => self.push_child(dir, c.to_vec(), dir_meta.clone(), Kind::Dir { children: Vec::new() }, None)?,
             };
         }
         Ok((dir, comps[comps.len() - 1].to_vec()))
@@ -312,10 +277,7 @@ impl Tree {
                 p.push('/');
             }
             p.push_str(&String::from_utf8_lossy(name));
-            return Err(TreeError::Collision {
-                path: p,
-                what: "two sources".into(),
-            });
+            return Err(TreeError::Collision { path: p, what: "two sources".into() });
         }
         let base = EntryId::try_from(self.entries.len()).expect("fewer than 2^32 entries");
         let mut first = true;

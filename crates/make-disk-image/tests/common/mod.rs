@@ -18,11 +18,7 @@ pub fn bin() -> &'static str {
 
 pub fn is_root() -> bool {
     // SAFETY-free check: `id -u` is the portable way without libc calls in tests.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
 }
 
 /// Prints why a test does not run and returns true when it must skip.
@@ -35,21 +31,12 @@ pub fn skip_unless_root(what: &str) -> bool {
 }
 
 pub fn tool_exists(t: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {t}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// Runs `make-disk-image build` with args; panics with its stderr on failure.
 pub fn build(args: &[&OsStr]) -> Output {
-    let o = Command::new(bin())
-        .arg("build")
-        .args(args)
-        .output()
-        .expect("run make-disk-image");
+    let o = Command::new(bin()).arg("build").args(args).output().expect("run make-disk-image");
     assert!(
         o.status.success(),
         "build failed: {}\n{}",
@@ -61,16 +48,8 @@ pub fn build(args: &[&OsStr]) -> Output {
 
 /// Runs `make-disk-image build` expecting failure; returns stderr.
 pub fn build_fails(args: &[&OsStr]) -> String {
-    let o = Command::new(bin())
-        .arg("build")
-        .args(args)
-        .output()
-        .expect("run make-disk-image");
-    assert!(
-        !o.status.success(),
-        "build unexpectedly succeeded: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    let o = Command::new(bin()).arg("build").args(args).output().expect("run make-disk-image");
+    assert!(!o.status.success(), "build unexpectedly succeeded: {}", String::from_utf8_lossy(&o.stdout));
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -80,19 +59,13 @@ pub fn os(s: &str) -> &OsStr {
 
 /// `e2fsck -fn` must exit 0 and print nothing but its pass headers and the summary.
 pub fn e2fsck_clean(img: &Path) {
-    let o = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(img)
-        .output()
-        .expect("e2fsck (apt-get install e2fsprogs)");
+    let o = Command::new("e2fsck").arg("-fn").arg(img).output().expect("e2fsck (apt-get install e2fsprogs)");
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
     let unexpected: Vec<&str> = out
         .lines()
         .chain(err.lines())
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with("Pass ") && !l.starts_with("e2fsck ") && !is_summary(l)
-        })
+        .filter(|l| !l.is_empty() && !l.starts_with("Pass ") && !l.starts_with("e2fsck ") && !is_summary(l))
         .collect();
     assert!(
         o.status.success() && unexpected.is_empty(),
@@ -115,12 +88,7 @@ pub struct Mount {
 impl Mount {
     pub fn new(img: &Path) -> Mount {
         let dir = tempfile::tempdir().unwrap();
-        let o = Command::new("mount")
-            .args(["-o", "ro,loop", "-t", "ext4"])
-            .arg(img)
-            .arg(dir.path())
-            .output()
-            .unwrap();
+        let o = Command::new("mount").args(["-o", "ro,loop", "-t", "ext4"]).arg(img).arg(dir.path()).output().unwrap();
         assert!(
             o.status.success(),
             "kernel refused to mount {}: {}",
@@ -192,10 +160,7 @@ fn file_digest(p: &Path) -> (String, u64) {
         h.update(&buf[..n]);
         carry.extend_from_slice(&buf[..n]);
         let whole = carry.len() / 4096 * 4096;
-        nonzero += carry[..whole]
-            .chunks(4096)
-            .filter(|c| c.iter().any(|&b| b != 0))
-            .count() as u64;
+        nonzero += carry[..whole].chunks(4096).filter(|c| c.iter().any(|&b| b != 0)).count() as u64;
         carry.drain(..whole);
     }
     if carry.iter().any(|&b| b != 0) {
@@ -210,12 +175,7 @@ pub fn scan(root: &Path, skip: &[&str]) -> BTreeMap<Vec<u8>, Info> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
         let md = fs::symlink_metadata(&p).unwrap();
-        let rel = p
-            .strip_prefix(root)
-            .unwrap()
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
+        let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
         if skip.iter().any(|s| rel == s.as_bytes()) {
             continue;
         }
@@ -236,8 +196,7 @@ pub fn scan(root: &Path, skip: &[&str]) -> BTreeMap<Vec<u8>, Info> {
                 mtime: (md.mtime(), md.mtime_nsec()),
                 size: if kind == "dir" { 0 } else { md.size() },
                 rdev: md.rdev(),
-                target: (kind == "symlink")
-                    .then(|| fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()),
+                target: (kind == "symlink").then(|| fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()),
                 sha256,
                 data_blocks,
                 st_blocks: md.blocks(),
@@ -280,18 +239,10 @@ pub fn compare_trees(src: &Path, img: &Path, img_skip: &[&str], exp: &Expect) {
     let a_keys: Vec<_> = a.keys().collect();
     let b_keys: Vec<_> = b.keys().collect();
     if a_keys != b_keys {
-        let only_a: Vec<String> = a
-            .keys()
-            .filter(|k| !b.contains_key(*k))
-            .take(10)
-            .map(|k| String::from_utf8_lossy(k).into())
-            .collect();
-        let only_b: Vec<String> = b
-            .keys()
-            .filter(|k| !a.contains_key(*k))
-            .take(10)
-            .map(|k| String::from_utf8_lossy(k).into())
-            .collect();
+        let only_a: Vec<String> =
+            a.keys().filter(|k| !b.contains_key(*k)).take(10).map(|k| String::from_utf8_lossy(k).into()).collect();
+        let only_b: Vec<String> =
+            b.keys().filter(|k| !a.contains_key(*k)).take(10).map(|k| String::from_utf8_lossy(k).into()).collect();
         panic!("entry sets differ: only in source {only_a:?}, only in image {only_b:?}");
     }
     for (p, s) in &a {
@@ -304,11 +255,7 @@ pub fn compare_trees(src: &Path, img: &Path, img_skip: &[&str], exp: &Expect) {
         let (uid, gid) = exp.owner.unwrap_or((s.uid, s.gid));
         if !p.is_empty() {
             assert_eq!((uid, gid), (i.uid, i.gid), "{name}: owner");
-            let want = if s.mtime.0 >= exp.sde {
-                (exp.sde, 0)
-            } else {
-                s.mtime
-            };
+            let want = if s.mtime.0 >= exp.sde { (exp.sde, 0) } else { s.mtime };
             assert_eq!(want, i.mtime, "{name}: mtime");
         }
         assert_eq!(s.size, i.size, "{name}: apparent size");
@@ -322,8 +269,7 @@ pub fn compare_trees(src: &Path, img: &Path, img_skip: &[&str], exp: &Expect) {
             // blocks for heavily fragmented files).
             let data_sectors = s.data_blocks * 8;
             assert!(
-                i.st_blocks >= data_sectors
-                    && i.st_blocks <= data_sectors + 8 * (1 + s.data_blocks / 300),
+                i.st_blocks >= data_sectors && i.st_blocks <= data_sectors + 8 * (1 + s.data_blocks / 300),
                 "{name}: allocated {} sectors for {} non-zero blocks",
                 i.st_blocks,
                 s.data_blocks
@@ -335,42 +281,22 @@ pub fn compare_trees(src: &Path, img: &Path, img_skip: &[&str], exp: &Expect) {
 
 /// Output of a tool run in `dir` (for getfattr / getfacl comparisons).
 pub fn tool_in(dir: &Path, cmd: &str, args: &[&str]) -> String {
-    let o = Command::new(cmd)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let o = Command::new(cmd).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The per-file blocks of getfattr/getfacl output, sorted (the tools print in readdir
 /// order, which differs between filesystems).
 fn blocks(out: String) -> Vec<String> {
-    let mut v: Vec<String> = out
-        .split("\n\n")
-        .filter(|b| !b.trim().is_empty())
-        .map(str::to_string)
-        .collect();
+    let mut v: Vec<String> = out.split("\n\n").filter(|b| !b.trim().is_empty()).map(str::to_string).collect();
     v.sort();
     v
 }
 
 /// getfattr and getfacl see the same attributes and ACLs in both trees.
 pub fn compare_xattrs(src: &Path, img: &Path) {
-    let fa = |d: &Path| {
-        blocks(tool_in(
-            d,
-            "getfattr",
-            &["-R", "-d", "-m", "-", "-h", "-e", "hex", "."],
-        ))
-    };
-    let acl = |d: &Path| {
-        blocks(tool_in(
-            d,
-            "getfacl",
-            &["-R", "-P", "-n", "--skip-base", "."],
-        ))
-    };
+    let fa = |d: &Path| blocks(tool_in(d, "getfattr", &["-R", "-d", "-m", "-", "-h", "-e", "hex", "."]));
+    let acl = |d: &Path| blocks(tool_in(d, "getfacl", &["-R", "-P", "-n", "--skip-base", "."]));
     assert_eq!(fa(src), fa(img), "getfattr output differs");
     assert_eq!(acl(src), acl(img), "getfacl output differs");
 }
@@ -407,10 +333,6 @@ fn build_corpus(preset: &str) -> Option<PathBuf> {
         .arg(preset)
         .output()
         .expect("run make-store-corpus");
-    assert!(
-        o.status.success(),
-        "make-store-corpus {preset} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "make-store-corpus {preset} failed:\n{}", String::from_utf8_lossy(&o.stderr));
     Some(out)
 }
