@@ -32,6 +32,23 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<String>,
     },
+    /// Convert an image (raw, qcow2, vdi, vpc, vmdk, vhdx; ours or qemu-img's) into
+    /// another format, reproducibly.
+    Convert {
+        /// The image to read.
+        input: PathBuf,
+        /// The image to write (replaced atomically).
+        output: PathBuf,
+        /// Output format: raw, qcow2, qcow2-compressed, vdi, vpc, vmdk, vhdx.
+        #[arg(long)]
+        format: String,
+        /// Format options as JSON, e.g. '{"subformat":"fixed"}'.
+        #[arg(long, default_value = "{}")]
+        format_options: String,
+        /// Seed for the identity fields of the output (UUIDs, CID).
+        #[arg(long)]
+        seed: Option<String>,
+    },
 }
 
 struct BuildArgs {
@@ -141,6 +158,13 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Convert { input, output, format, format_options, seed } => {
+            let opts = match serde_json::from_str::<Value>(&format_options) {
+                Ok(Value::Object(m)) => m,
+                _ => bail!("--format-options must be a JSON object, e.g. '{{\"subformat\":\"fixed\"}}'"),
+            };
+            mdi_build::convert(&input, &output, &format, &opts, seed.as_deref())
+        }
         Cmd::Build { args } => {
             let a = parse_build_args(&args)?;
             let spec = spec::from_map(a.spec)?;

@@ -83,7 +83,7 @@ fn every_format_equals_the_raw_image() {
         let (ok, cmp) =
             qemu_img(&["compare", "-f", "raw", "-F", qemu_fmt, raw.to_str().unwrap(), img.to_str().unwrap()]);
         assert!(ok && cmp.contains("Images are identical"), "{format} {options}: qemu-img compare: {cmp}");
-        if matches!(*qemu_fmt, "qcow2" | "vdi" | "vmdk") {
+        if matches!(*qemu_fmt, "qcow2" | "vdi" | "vmdk" | "vhdx") {
             let (ok, check) = qemu_img(&["check", "-f", qemu_fmt, img.to_str().unwrap()]);
             assert!(ok && check.contains("No errors were found"), "{format} {options}: qemu-img check: {check}");
         }

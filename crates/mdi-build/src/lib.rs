@@ -143,7 +143,7 @@ fn container_for(
     sde: i64,
     file_name: &str,
 ) -> Result<Box<dyn mdi_container::Container>> {
-    use mdi_container::{Compression, Qcow2, Vdi, Vhd, Vmdk, VmdkKind};
+    use mdi_container::{Compression, Qcow2, Vdi, Vhd, Vhdx, VhdxIds, Vmdk, VmdkKind};
     let opt = |k: &str| spec.format_options.get(k).and_then(|v| v.as_str()).map(str::to_string);
     for k in spec.format_options.keys() {
         let known: &[&str] = match spec.format.as_str() {
@@ -191,8 +191,74 @@ fn container_for(
             u32::from_be_bytes(seed.hmac(b"vmdk-cid")[..4].try_into().expect("4 bytes")),
             file_name,
         )),
+        "vhdx" => Box::new(Vhdx::new(
+            file,
+            VhdxIds {
+                file_write: seed.uuid(b"vhdx-file-write-guid").to_guid_bytes(),
+                data_write: seed.uuid(b"vhdx-data-write-guid").to_guid_bytes(),
+                virtual_disk_id: seed.uuid(b"vhdx-virtual-disk-id").to_guid_bytes(),
+            },
+        )),
         other => bail!("format '{other}' is not implemented yet"),
     })
+}
+
+/// `make-disk-image convert`: reads any image format we know (ours and qemu-img's) and
+/// writes it in `format`, atomically, with identity fields from `seed` and timestamps
+/// from SOURCE_DATE_EPOCH (so a conversion is reproducible too).
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    format: &str,
+    options: &serde_json::Map<String, serde_json::Value>,
+    seed: Option<&str>,
+) -> Result<()> {
+    let mut map = serde_json::Map::new();
+    map.insert("format".into(), json!(format));
+    map.insert("formatOptions".into(), serde_json::Value::Object(options.clone()));
+    if let Some(s) = seed {
+        map.insert("seed".into(), json!(s));
+    }
+    let spec = spec::from_map(map)?;
+    let sde = source_date_epoch(&spec)?;
+    let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
+    let mut img =
+        mdi_container::read::open(input).with_context(|| format!("cannot read image '{}'", input.display()))?;
+    let size = img.virtual_size();
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = output
+        .file_name()
+        .ok_or_else(|| anyhow!("output '{}' is not a file name", output.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .with_context(|| format!("folder '{}' is not writable; choose another output path", dir.display()))?;
+    let mut sink = container_for(&spec, tmp.as_file().try_clone()?, &seed, sde, &name)?;
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut off = 0u64;
+    while off < size {
+        let n = CHUNK.min(size - off);
+        if img.maybe_data(off, n)? {
+            img.read_at(off, &mut buf[..n as usize])
+                .with_context(|| format!("reading '{}' at byte {off}", input.display()))?;
+            if !mdi_sink::is_zero(&buf[..n as usize]) {
+                sink.write_at(off, &buf[..n as usize]).with_context(|| format!("writing '{}'", output.display()))?;
+            }
+        }
+        off += n;
+    }
+    let f = sink.finish(size).with_context(|| format!("writing '{}'", output.display()))?;
+    f.sync_all()?;
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    tmp.persist(output).map_err(|e| anyhow!("cannot move the image to '{}': {}", output.display(), e.error))?;
+    Ok(())
 }
 
 /// Largest image whose SHA-256 goes into the manifest.

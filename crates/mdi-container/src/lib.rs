@@ -23,6 +23,7 @@ mod vmdk;
 pub use qcow2::{Compression, Qcow2};
 pub use vdi::Vdi;
 pub use vhd::Vhd;
+pub use vhdx::{Vhdx, VhdxIds};
 pub use vmdk::{Vmdk, VmdkKind};
 
 use std::fs::File;
