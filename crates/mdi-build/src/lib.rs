@@ -266,9 +266,6 @@ const HASH_LIMIT: u64 = 16 << 30;
 
 /// Runs a whole build into `out_dir`.
 pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
-    if spec.format == "vmdk" || spec.format == "vhdx" {
-        bail!("format '{}' is not implemented yet; use raw, qcow2, qcow2-compressed, vdi or vpc", spec.format);
-    }
     if spec.fs_type != "ext4" {
         bail!("fsType '{}' is not implemented yet; use ext4", spec.fs_type);
     }
