@@ -191,16 +191,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
             place_blocks(&mut alloc, sink, &blocks, &mut node.extents)?;
             let n = &mut *node;
             n.links = 2;
-            n.inode = Inode {
-                mode: inode::S_IFDIR | 0o700,
-                size: LPF_BLOCKS * BLOCK_SIZE,
-                flags: FL_EXTENTS,
-                atime: t,
-                ctime: t,
-                mtime: t,
-                crtime: t,
-                ..Inode::default()
-            };
+            n.inode = special_inode(inode::S_IFDIR | 0o700, LPF_BLOCKS * BLOCK_SIZE, FL_EXTENTS, t);
             continue;
         }
         let e = tree.get(id);
@@ -338,16 +329,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         }
         n.links = 1;
         n.extra_blocks = journal_tree.len() as u64;
-        n.inode = Inode {
-            mode: inode::S_IFREG | 0o600,
-            size: journal_len * BLOCK_SIZE,
-            flags: FL_EXTENTS,
-            atime: t,
-            ctime: t,
-            mtime: t,
-            crtime: t,
-            ..Inode::default()
-        };
+        n.inode = special_inode(inode::S_IFREG | 0o600, journal_len * BLOCK_SIZE, FL_EXTENTS, t);
         let jsb = journal::superblock(journal_len as u32, &opts.uuid);
         sink.write_at(journal_runs[0].0 * BLOCK_SIZE, &jsb).map_err(Error::Write)?;
     }
@@ -360,18 +342,10 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
     {
         let n = &mut nodes[6];
         n.links = 1;
-        n.inode = Inode {
-            mode: inode::S_IFREG | 0o600,
-            links: 1,
-            // mke2fs's size: what a double-indirect map can address.
-            size: (1024 * 1024 + 1024 + 12) * BLOCK_SIZE,
-            sectors: (1 + reserved * (1 + backups.len() as u64)) * (BLOCK_SIZE / 512),
-            atime: t,
-            ctime: t,
-            mtime: t,
-            crtime: t,
-            ..Inode::default()
-        };
+        // mke2fs's size: what a double-indirect map can address; block-mapped (no flags).
+        n.inode = special_inode(inode::S_IFREG | 0o600, (1024 * 1024 + 1024 + 12) * BLOCK_SIZE, 0, t);
+        n.inode.links = 1;
+        n.inode.sectors = (1 + reserved * (1 + backups.len() as u64)) * (BLOCK_SIZE / 512);
         put_u32(&mut n.inode.i_block, 13 * 4, dind as u32); // i_block[EXT2_DIND_BLOCK]
         let mut d = vec![0u8; BS];
         for i in 0..reserved {
@@ -534,6 +508,12 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
         groups,
         data_bytes,
     })
+}
+
+/// An inode the filesystem itself owns (lost+found, journal, resize inode): root-owned,
+/// every time SOURCE_DATE_EPOCH.
+fn special_inode(mode: u16, size: u64, flags: u32, t: (i64, u32)) -> Inode {
+    Inode { mode, size, flags, atime: t, ctime: t, mtime: t, crtime: t, ..Inode::default() }
 }
 
 /// Sets bits `from..to` of a bitmap.
