@@ -26,6 +26,9 @@ const LPF_INO: u32 = 11;
 const LPF_BLOCKS: u64 = 4;
 /// Inode ratio for free space: one inode per 16 KiB (mke2fs's default).
 const BYTES_PER_FREE_INODE: u64 = 16384;
+/// Alignment of the superblock regions: 16 blocks = 64 KiB, the cluster size of qcow2
+/// and VMDK.
+const HEAD_ALIGN_BLOCKS: u64 = 16;
 /// Directories with more links than this get i_links_count 1 (dir_nlink).
 const MAX_DIR_LINKS: u32 = 65000;
 
@@ -165,12 +168,16 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
     };
     let groups_ub = blocks_ub.div_ceil(BLOCKS_PER_GROUP).max(1);
     let gdt_region = desc_blocks(groups_ub) + reserved_gdt_for(blocks_ub).max(1);
-    let head_len = 1 + gdt_region;
+    // The superblock region (superblock, GDT region, the resize inode's indirect block) is
+    // written last, in every backup group too. Rounding it to 64 KiB keeps it out of the
+    // clusters that data lands in, so a compressed container never has to compress a
+    // cluster twice.
+    let dind = 1 + gdt_region;
+    let head_len = (dind + 1).next_multiple_of(HEAD_ALIGN_BLOCKS);
     let mut alloc = Alloc::new(head_len);
 
     // ---- 3. Metadata known before the data: resize indirect block, then per inode its
     // xattr block and directory / long-symlink blocks, written right away.
-    let dind = alloc.contiguous(1);
     for (idx, node) in nodes.iter_mut().enumerate() {
         check_cancel(opts)?;
         let ino = idx as u32 + 1;
@@ -390,7 +397,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
 
     phase("tail placed");
     // ---- 7. Bitmaps and inode tables.
-    let mut used: Vec<Run> = vec![(0, 1 + desc + reserved)];
+    let mut used: Vec<Run> = vec![(0, 1 + desc + reserved), (dind, 1)];
     for &g in &backups {
         used.push((g * BLOCKS_PER_GROUP, 1 + desc + reserved));
     }
