@@ -209,6 +209,41 @@ pub(crate) fn for_each_unit(
     Ok(())
 }
 
+/// Reads a block-mapped image (VDI, VHD, VHDX): `entry(k)` is the file offset of block
+/// `k`, or None when it is not allocated (it reads as zeros).
+pub(crate) fn read_mapped(
+    src: &Src,
+    offset: u64,
+    buf: &mut [u8],
+    block: u64,
+    what: &str,
+    entry: impl Fn(u64) -> io::Result<Option<u64>>,
+) -> io::Result<()> {
+    for_each_unit(offset, buf, block, |k, w, piece| match entry(k)? {
+        None => {
+            piece.fill(0);
+            Ok(())
+        }
+        Some(at) => src.read(at.saturating_add(w), piece, what),
+    })
+}
+
+/// Whether any block of `[offset, offset + len)` of a block-mapped image is allocated.
+pub(crate) fn any_mapped(
+    offset: u64,
+    len: u64,
+    block: u64,
+    size: u64,
+    entry: impl Fn(u64) -> io::Result<Option<u64>>,
+) -> io::Result<bool> {
+    for k in units(offset, len, block, size) {
+        if entry(k)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The units of `unit` bytes that `[offset, offset + len)` touches (empty when len is 0),
 /// clipped to a virtual disk of `size` bytes.
 pub(crate) fn units(offset: u64, len: u64, unit: u64, size: u64) -> std::ops::Range<u64> {

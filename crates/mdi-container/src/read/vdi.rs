@@ -7,7 +7,7 @@
 //!
 //! Differencing and undo images (which have a parent) are refused.
 
-use super::{for_each_unit, le32, le64, units, Format, Image, Src};
+use super::{any_mapped, le32, le64, read_mapped, Format, Image, Src};
 use std::io;
 
 pub(crate) const SIGNATURE: u32 = 0xBEDA_107F;
@@ -93,22 +93,10 @@ impl Image for Vdi {
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.src.check_range(self.size, offset, buf.len())?;
-        let this = &*self;
-        for_each_unit(offset, buf, self.block, |k, w, piece| match this.entry(k)? {
-            None => {
-                piece.fill(0);
-                Ok(())
-            }
-            Some(at) => this.src.read(at.saturating_add(w), piece, "VDI data block"),
-        })
+        read_mapped(&self.src, offset, buf, self.block, "VDI data block", |k| self.entry(k))
     }
 
     fn maybe_data(&mut self, offset: u64, len: u64) -> io::Result<bool> {
-        for k in units(offset, len, self.block, self.size) {
-            if self.entry(k)?.is_some() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        any_mapped(offset, len, self.block, self.size, |k| self.entry(k))
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! Differencing disks (type 4, with a parent) are refused.
 
-use super::{be32, be64, for_each_unit, units, Format, Image, Src};
+use super::{be32, be64, read_mapped, units, Format, Image, Src};
 use std::io;
 
 const UNALLOCATED: u32 = 0xFFFF_FFFF;
@@ -111,13 +111,7 @@ impl Image for Vhd {
         let Some(d) = &self.dynamic else {
             return src.read(offset, buf, "VHD data");
         };
-        for_each_unit(offset, buf, d.block, |k, w, piece| match d.entry(src, k)? {
-            None => {
-                piece.fill(0);
-                Ok(())
-            }
-            Some(at) => src.read(at + w, piece, "VHD data block"),
-        })
+        read_mapped(src, offset, buf, d.block, "VHD data block", |k| d.entry(src, k))
     }
 
     fn maybe_data(&mut self, offset: u64, len: u64) -> io::Result<bool> {

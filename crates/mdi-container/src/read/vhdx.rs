@@ -15,7 +15,7 @@
 //! (non-zero log GUID in the current header), as well as unknown required regions and
 //! metadata items.
 
-use super::{for_each_unit, le16, le32, le64, units, Format, Image, Src};
+use super::{any_mapped, le16, le32, le64, read_mapped, Format, Image, Src};
 use std::io;
 
 const KIB: u64 = 1024;
@@ -245,22 +245,10 @@ impl Image for Vhdx {
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.src.check_range(self.size, offset, buf.len())?;
-        let this = &*self;
-        for_each_unit(offset, buf, self.block, |k, w, piece| match this.entry(k)? {
-            None => {
-                piece.fill(0);
-                Ok(())
-            }
-            Some(at) => this.src.read(at.saturating_add(w), piece, "VHDX payload block"),
-        })
+        read_mapped(&self.src, offset, buf, self.block, "VHDX payload block", |k| self.entry(k))
     }
 
     fn maybe_data(&mut self, offset: u64, len: u64) -> io::Result<bool> {
-        for k in units(offset, len, self.block, self.size) {
-            if self.entry(k)?.is_some() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        any_mapped(offset, len, self.block, self.size, |k| self.entry(k))
     }
 }
