@@ -9,7 +9,7 @@ if [ "$(id -u)" = 0 ]; then
   apt-get update -qq
   # e2fsprogs: e2fsck, debugfs, dumpe2fs; attr/acl: getfattr, getfacl; util-linux:
   # mount, losetup, blkid; fdisk: sfdisk; gdisk: sgdisk; dosfstools: fsck.fat; mtools:
-  # mdir, mcopy; qemu-utils: qemu-img; nix-bin + jq: the store corpus (../shared/corpus).
+  # mdir, mcopy; qemu-utils: qemu-img; sqlite3; nix-bin + jq: the store corpus (../shared/corpus).
   apt-get install -y -qq --no-install-recommends \
     e2fsprogs attr acl util-linux mount fdisk gdisk dosfstools mtools qemu-utils \
     nix-bin jq ca-certificates >/dev/null

@@ -102,6 +102,9 @@ pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
     if let Some(info) = &closure {
         let (store, _) = tree.make_parents(b"/nix/store/x", &dir_meta)?;
         mdi_nix::add_store_paths(&mut tree, store, &info.store_paths, &spec.store_root, sde)?;
+        mdi_nix::add_nix_state(&mut tree, info, spec.system.as_deref(), sde)?;
+    } else if spec.system.is_some() {
+        bail!("system needs closureInfo: the closure of the toplevel (nixpkgs' closureInfo {{ rootPaths = [ toplevel ]; }})");
     }
     for (i, c) in spec.contents.iter().enumerate() {
         add_content(&mut tree, c, sde, &dir_meta)

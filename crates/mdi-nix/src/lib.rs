@@ -3,6 +3,8 @@
 //! (a Nix "chroot store": path P is at storeRoot + P), and how they enter the image tree.
 #![forbid(unsafe_code)]
 
+pub mod db;
+
 use mdi_tree::{scan_host, Meta, ScanOptions, Timestamp, Tree, TreeError, ROOT};
 use rayon::prelude::*;
 use std::os::unix::ffi::OsStrExt;
@@ -54,6 +56,9 @@ pub enum NixError {
     /// Scanning a store path failed.
     #[error(transparent)]
     Tree(#[from] TreeError),
+    /// Writing the Nix database failed.
+    #[error("cannot write the Nix database: {0}")]
+    Db(String),
 }
 
 /// One path's registration record.
@@ -188,6 +193,51 @@ pub fn add_store_paths(
     }
     Ok(())
 }
+
+/// Adds what nixos-install puts next to the store of a full image (DESIGN §4.5): Nix's
+/// database for the closure, its `schema` and `big-lock`, the system profile and its GC
+/// root, and `/etc/NIXOS`. `/nix/store` is NixOS's root:nixbld 1775.
+pub fn add_nix_state(tree: &mut Tree, info: &ClosureInfo, system: Option<&str>, time: i64) -> Result<(), NixError> {
+    use mdi_tree::{FileData, Kind};
+    use std::sync::Arc;
+    let ts = Timestamp::from_secs(time);
+    let dir = Meta::root(0o755, ts);
+    let file = |bytes: Vec<u8>| {
+        let data: Arc<[u8]> = Arc::from(bytes);
+        Kind::File { size: data.len() as u64, data: FileData::Inline(data) }
+    };
+    let link = |t: &str| Kind::Symlink { target: t.as_bytes().to_vec() };
+    let put = |tree: &mut Tree, path: &str, perm: u16, kind: Kind| -> Result<(), NixError> {
+        let (parent, name) = tree.make_parents(path.as_bytes(), &dir)?;
+        tree.add(parent, &name, Meta::root(perm, ts), kind, None)?;
+        Ok(())
+    };
+    put(tree, "/nix/var/nix/db/db.sqlite", 0o644, file(db::db_bytes(&info.registrations, time)?))?;
+    put(tree, "/nix/var/nix/db/schema", 0o644, file(db::SCHEMA_VERSION.as_bytes().to_vec()))?;
+    put(tree, "/nix/var/nix/db/big-lock", 0o644, file(Vec::new()))?;
+    put(tree, "/nix/var/nix/gcroots/profiles", 0o777, link("/nix/var/nix/profiles"))?;
+    if let Some(system) = system {
+        if !info.store_paths.iter().any(|p| p == system) {
+            return Err(NixError::Db(format!(
+                "system '{system}' is not in the closure; build closureInfo with the toplevel as a root path"
+            )));
+        }
+        put(tree, "/nix/var/nix/profiles/system", 0o777, link("system-1-link"))?;
+        put(tree, "/nix/var/nix/profiles/system-1-link", 0o777, link(system))?;
+    } else {
+        tree.make_parents(b"/nix/var/nix/profiles/x", &dir)?;
+    }
+    put(tree, "/etc/NIXOS", 0o644, file(Vec::new()))?;
+    if let Some(store) = tree.lookup(b"/nix/store") {
+        let m = &mut tree.get_mut(store).meta;
+        m.perm = 0o1775;
+        m.gid = NIXBLD_GID;
+    }
+    Ok(())
+}
+
+/// NixOS's nixbld group, which owns /nix/store.
+pub const NIXBLD_GID: u32 = 30000;
 
 /// The tree of a store-only image (onlyNixStore): the store paths at the root.
 pub fn store_only_tree(info: &ClosureInfo, store_root: &Path, clamp: i64, time: i64) -> Result<Tree, NixError> {
