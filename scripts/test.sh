@@ -11,7 +11,7 @@ if [ "$(id -u)" = 0 ]; then
   # mount, losetup, blkid; fdisk: sfdisk; gdisk: sgdisk; dosfstools: fsck.fat; mtools:
   # mdir, mcopy; qemu-utils: qemu-img; sqlite3; nix-bin + jq: the store corpus (../shared/corpus).
   apt-get install -y -qq --no-install-recommends \
-    e2fsprogs attr acl util-linux mount fdisk gdisk dosfstools mtools qemu-utils \
+    e2fsprogs attr acl util-linux mount fdisk gdisk dosfstools mtools qemu-utils sqlite3 \
     nix-bin jq ca-certificates >/dev/null
 else
   echo "note: not root; the tests that need loop mounts, mknod or the Nix corpus will say SKIP" >&2
