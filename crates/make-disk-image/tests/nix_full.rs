@@ -24,6 +24,8 @@ fn build_full(corpus: &Path, out: &Path) -> std::path::PathBuf {
         os(system.trim()),
         os("--install-boot-loader"),
         os("false"),
+        os("--config-file"),
+        corpus.join("closure-info/toplevel").as_os_str(),
         os("--partition-table-type"),
         os("none"),
         os("--additional-space"),
@@ -32,6 +34,25 @@ fn build_full(corpus: &Path, out: &Path) -> std::path::PathBuf {
         out.as_os_str(),
     ]);
     out.join("nixos.img")
+}
+
+#[test]
+fn boot_loader_not_yet_is_a_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let ci = t.path().join("ci");
+    fs::create_dir(&ci).unwrap();
+    fs::write(ci.join("store-paths"), "").unwrap();
+    fs::write(ci.join("registration"), "").unwrap();
+    let out = t.path().join("out");
+    let err = build_fails(&[
+        os("--closure-info"),
+        ci.as_os_str(),
+        os("--system"),
+        os("/nix/store/00000000000000000000000000000000-x"),
+        os("-o"),
+        out.as_os_str(),
+    ]);
+    assert!(err.contains("installBootLoader = false"), "{err}");
 }
 
 #[test]
@@ -99,6 +120,11 @@ fn full_image_nix_state_is_accepted_by_nix() {
             Path::new("/nix/var/nix/profiles")
         );
         assert!(root.join("etc/NIXOS").exists());
+        // configFile lands where nixos-install puts it.
+        assert_eq!(
+            fs::read(root.join("etc/nixos/configuration.nix")).unwrap(),
+            fs::read(corpus.join("closure-info/toplevel")).unwrap()
+        );
         assert_eq!(fs::read_to_string(root.join("nix/var/nix/db/schema")).unwrap(), "10");
         let o = Command::new("sqlite3")
             .arg(lower.path().join("nix/var/nix/db/db.sqlite"))

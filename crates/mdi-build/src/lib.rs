@@ -106,11 +106,27 @@ pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
     } else if spec.system.is_some() {
         bail!("system needs closureInfo: the closure of the toplevel (nixpkgs' closureInfo {{ rootPaths = [ toplevel ]; }})");
     }
+    if let Some(cfg) = &spec.config_file {
+        // nixos-install's place for it: /etc/nixos/configuration.nix, 0644 root.
+        let entry = spec::ContentEntry {
+            source: cfg.clone(),
+            target: "/etc/nixos/configuration.nix".into(),
+            mode: Some(json!("0644")),
+            user: Some(json!(0)),
+            group: Some(json!(0)),
+        };
+        add_content(&mut tree, &entry, sde, &dir_meta).with_context(|| format!("configFile '{}'", cfg.display()))?;
+    }
     for (i, c) in spec.contents.iter().enumerate() {
         add_content(&mut tree, c, sde, &dir_meta)
             .with_context(|| format!("contents[{i}] (source '{}', target '{}')", c.source.display(), c.target))?;
     }
-    if spec.root_dir.is_none() && closure.is_none() && spec.contents.is_empty() && spec.system.is_none() {
+    if spec.root_dir.is_none()
+        && closure.is_none()
+        && spec.contents.is_empty()
+        && spec.system.is_none()
+        && spec.config_file.is_none()
+    {
         return Ok(demo::tree(sde));
     }
     tree.finish();
@@ -271,6 +287,9 @@ const HASH_LIMIT: u64 = 16 << 30;
 pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     if spec.fs_type != "ext4" {
         bail!("fsType '{}' is not implemented yet; use ext4", spec.fs_type);
+    }
+    if spec.system.is_some() && spec.install_boot_loader != Some(false) {
+        bail!("installing the boot loader is not implemented yet; set installBootLoader = false (--install-boot-loader false) for an image without one");
     }
     let sde = source_date_epoch(spec)?;
     let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
