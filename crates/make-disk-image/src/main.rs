@@ -147,11 +147,6 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
     for (k, v) in flags {
         spec.insert(k, v);
     }
-    let no_inputs = !["closureInfo", "rootDir", "contents", "system"].iter().any(|k| spec.contains_key(*k));
-    if no_inputs && !spec.contains_key("partitionTableType") {
-        // The demo: a plain filesystem image until partition layouts land.
-        spec.insert("partitionTableType".into(), Value::String("none".into()));
-    }
     Ok(BuildArgs { spec, out: out.unwrap_or_else(|| PathBuf::from("result")), json })
 }
 
