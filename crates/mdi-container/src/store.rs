@@ -111,6 +111,9 @@ impl Store {
                 // Written again after it left the cache: bring it back. The old bytes stay
                 // in the file unreferenced (refcount 0), which qcow2 allows.
                 Some(Loc::Compressed { off, len }) => {
+                    if std::env::var_os("MDI_TRACE").is_some() {
+                        eprintln!("[container] unit {v} written again after compression ({len} bytes left behind)");
+                    }
                     let mut c = vec![0u8; len as usize];
                     self.file.read_exact_at(&mut c, off)?;
                     let (_, d) = self.compress.expect("compressed store");
