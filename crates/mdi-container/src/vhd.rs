@@ -14,9 +14,17 @@ const BITMAP: u64 = BLOCK / 512 / 8;
 /// 2000-01-01 00:00:00 UTC, the VHD epoch.
 const VHD_EPOCH: i64 = 946_684_800;
 
+/// Where the disk's bytes go.
+enum Body {
+    /// 2 MiB blocks placed on first write, mapped by the BAT.
+    Dynamic(Store),
+    /// The disk itself, byte for byte (zero grains left as holes), then the footer.
+    Fixed(mdi_sink::RawSink),
+}
+
 /// A VHD being written.
 pub struct Vhd {
-    store: Store,
+    body: Body,
     fixed: bool,
     time: i64,
     unique_id: [u8; 16],
@@ -26,25 +34,23 @@ impl Vhd {
     /// A dynamic (`fixed = false`) or fixed VHD; `time` stamps the footer, `unique_id`
     /// identifies the disk.
     pub fn new(file: File, fixed: bool, time: i64, unique_id: [u8; 16]) -> Self {
-        // Fixed: the data is the disk itself, mapped 1:1 (one unit spanning everything is
-        // emulated by a unit map that is never consulted).
-        let store = if fixed {
-            Store::new(file, u64::MAX / 2, 0, 0, None)
+        let body = if fixed {
+            Body::Fixed(mdi_sink::RawSink::new(file))
         } else {
-            Store::new(file, BLOCK, BITMAP, 512 + 1024, None)
+            Body::Dynamic(Store::new(file, BLOCK, BITMAP, 512 + 1024, None))
         };
-        Vhd { store, fixed, time, unique_id }
+        Vhd { body, fixed, time, unique_id }
     }
 
-    fn footer(&self, size: u64, data_offset: u64) -> [u8; 512] {
+    fn footer_for(fixed: bool, time: i64, unique_id: &[u8; 16], size: u64, data_offset: u64) -> [u8; 512] {
         let mut f = [0u8; 512];
         f[0..8].copy_from_slice(b"conectix"); // cookie
         put_u32_be(&mut f, 8, 2); // features: reserved bit, always set
         put_u32_be(&mut f, 12, 0x0001_0000); // file format version 1.0
         put_u64_be(&mut f, 16, data_offset); // data offset
-        put_u32_be(&mut f, 24, (self.time - VHD_EPOCH).clamp(0, u32::MAX as i64) as u32); // time stamp
-                                                                                          // Creator "win ": Hyper-V's semantics, where the current size (not the CHS
-                                                                                          // geometry) is the disk size; QEMU and Azure read it that way.
+        put_u32_be(&mut f, 24, (time - VHD_EPOCH).clamp(0, u32::MAX as i64) as u32); // time stamp
+                                                                                     // Creator "win ": Hyper-V's semantics, where the current size (not the CHS
+                                                                                     // geometry) is the disk size; QEMU and Azure read it that way.
         f[28..32].copy_from_slice(b"win "); // creator application
         put_u32_be(&mut f, 32, 0x000A_0000); // creator version
         f[36..40].copy_from_slice(b"Wi2k"); // creator host OS
@@ -54,8 +60,8 @@ impl Vhd {
         put_u16_be(&mut f, 56, c); // cylinders
         f[58] = h; // heads
         f[59] = s; // sectors per track
-        put_u32_be(&mut f, 60, if self.fixed { 2 } else { 3 }); // disk type
-        f[68..84].copy_from_slice(&self.unique_id); // unique id
+        put_u32_be(&mut f, 60, if fixed { 2 } else { 3 }); // disk type
+        f[68..84].copy_from_slice(unique_id); // unique id
         let sum = f.iter().fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
         put_u32_be(&mut f, 64, !sum); // checksum: one's complement of the byte sum
         f
@@ -96,29 +102,31 @@ fn chs(size: u64) -> (u16, u8, u8) {
 
 impl mdi_sink::Sink for Vhd {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        if self.fixed {
-            // The data region is the raw disk: write non-zero grains in place.
-            let mut raw = mdi_sink::RawSink::new(self.store.file.try_clone()?);
-            return raw.write_at(offset, data);
+        match &mut self.body {
+            Body::Fixed(raw) => raw.write_at(offset, data),
+            Body::Dynamic(store) => store.write(offset, data),
         }
-        self.store.write(offset, data)
     }
 }
 
 impl Container for Vhd {
     fn finish(self: Box<Self>, size: u64) -> io::Result<File> {
-        let file = self.store.file.try_clone()?;
-        if self.fixed {
-            // Azure wants a whole number of MiB; the padding reads as zeros.
-            let size = size.next_multiple_of(1 << 20);
-            file.write_all_at(&self.footer(size, u64::MAX), size)?;
-            file.set_len(size + 512)?;
-            return Ok(file);
-        }
+        let store = match self.body {
+            Body::Fixed(raw) => {
+                // Azure wants a whole number of MiB; the padding reads as zeros.
+                let size = size.next_multiple_of(1 << 20);
+                let footer = Vhd::footer_for(self.fixed, self.time, &self.unique_id, size, u64::MAX);
+                let file = raw.finish_unsynced(size + 512)?;
+                file.write_all_at(&footer, size)?;
+                return Ok(file);
+            }
+            Body::Dynamic(store) => store,
+        };
+        let file = store.file.try_clone()?;
         let entries = size.div_ceil(BLOCK);
-        let bat_off = self.store.next.next_multiple_of(512);
+        let bat_off = store.next.next_multiple_of(512);
         let mut bat = vec![0xFFu8; (entries * 4).next_multiple_of(512) as usize];
-        for (&v, loc) in &self.store.map {
+        for (&v, loc) in &store.map {
             let Loc::Plain(p) = *loc else { unreachable!("VHD blocks are not compressed") };
             put_u32_be(&mut bat, (v * 4) as usize, ((p - BITMAP) / 512) as u32);
         }
@@ -132,7 +140,7 @@ impl Container for Vhd {
         put_u32_be(&mut dh, 32, BLOCK as u32); // block size
         let sum = dh.iter().fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
         put_u32_be(&mut dh, 36, !sum); // checksum
-        let footer = self.footer(size, 512);
+        let footer = Vhd::footer_for(self.fixed, self.time, &self.unique_id, size, 512);
         let end = bat_off + bat.len() as u64;
         file.write_all_at(&footer, 0)?;
         file.write_all_at(&dh, 512)?;

@@ -789,7 +789,7 @@ fn read_chunk(c: &Chunk<'_>, file_size: u64) -> Result<ChunkOut, Error> {
                 let from = out.bytes.len();
                 let n = (hole_at - data_at) as usize;
                 out.bytes.resize(from + n, 0);
-                read_full(&f, &mut out.bytes[from..], data_at).map_err(|e| {
+                f.read_exact_at(&mut out.bytes[from..], data_at).map_err(|e| {
                     if e.kind() == io::ErrorKind::UnexpectedEof {
                         Error::SourceChanged(path.clone())
                     } else {
@@ -802,10 +802,6 @@ fn read_chunk(c: &Chunk<'_>, file_size: u64) -> Result<ChunkOut, Error> {
         }
     }
     Ok(out)
-}
-
-fn read_full(f: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
-    f.read_exact_at(buf, at)
 }
 
 /// Most slices one vectored write takes (Linux IOV_MAX).

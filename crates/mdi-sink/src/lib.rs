@@ -113,24 +113,6 @@ pub fn is_zero(buf: &[u8]) -> bool {
         && body.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
 }
 
-/// A sink that keeps everything in memory (tests and small images).
-#[derive(Default)]
-pub struct MemSink {
-    /// The disk bytes.
-    pub data: Vec<u8>,
-}
-
-impl Sink for MemSink {
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let end = offset as usize + data.len();
-        if self.data.len() < end {
-            self.data.resize(end, 0);
-        }
-        self.data[offset as usize..end].copy_from_slice(data);
-        Ok(())
-    }
-}
-
 /// Shifts every write by a fixed offset (a partition inside a disk).
 pub struct OffsetSink<'a> {
     /// The disk sink.
