@@ -2,6 +2,7 @@
 //! filesystem into the output, then the manifest and Hydra products; atomically.
 #![forbid(unsafe_code)]
 
+mod boot;
 mod content;
 mod demo;
 pub mod layout;
@@ -190,9 +191,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     if spec.fs_type != "ext4" {
         bail!("fsType '{}' is not implemented yet; use ext4", spec.fs_type);
     }
-    if spec.system.is_some() && spec.install_boot_loader != Some(false) {
-        bail!("installing the boot loader is not implemented yet; set installBootLoader = false (--install-boot-loader false) for an image without one");
-    }
+    let loader = boot::wanted(spec)?;
     let sde = source_date_epoch(spec)?;
     let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
     let boot_size = spec::parse_iec_value(&spec.boot_size)
@@ -212,6 +211,11 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     };
     let mut tree = collect(spec, sde)?;
     phase("tree collected");
+    let fs_uuid = match &spec.root_fsuid {
+        Some(u) => Uuid::parse(u)?,
+        None if spec.only_nix_store => seed.uuid(b"nix-store-fs-uuid"),
+        None => Uuid::parse(&spec.root_gpuid)?,
+    };
     // Boot partitions are mounted over /boot (and /efi): their content comes from there,
     // and the root keeps the empty mount points.
     for p in &plan.parts {
@@ -223,6 +227,10 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             }
         }
     }
+    let installed = match loader {
+        Some(l) => Some(boot::install(spec, l, &plan, &mut tree, sde, fs_uuid)?),
+        None => None,
+    };
     tree.finish();
 
     std::fs::create_dir_all(out_dir).with_context(|| {
@@ -290,11 +298,6 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
 
     // The root filesystem.
     let root_start = plan.root().start;
-    let fs_uuid = match &spec.root_fsuid {
-        Some(u) => Uuid::parse(u)?,
-        None if spec.only_nix_store => seed.uuid(b"nix-store-fs-uuid"),
-        None => Uuid::parse(&spec.root_gpuid)?,
-    };
     let label =
         spec.label.clone().unwrap_or_else(|| if spec.only_nix_store { "nix-store".into() } else { "nixos".into() });
     let size = match spec.disk_size()? {
@@ -335,7 +338,16 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         DiskSize::Auto => plan.disk_size(root_size),
     };
     plan.finish(root_size);
-    for (off, bytes) in plan.encode(disk_bytes, &seed)? {
+    let mut table = plan.encode(disk_bytes, &seed)?;
+    if let Some(bios) = installed.as_ref().and_then(|i| i.bios.as_ref()) {
+        let mut mbr = [0u8; 512];
+        if let Some((_, b)) = table.iter().find(|(off, _)| *off == 0) {
+            mbr.copy_from_slice(&b[..512]);
+        }
+        table.retain(|(off, _)| *off != 0);
+        table.extend(boot::bios_writes(bios, &mbr)?);
+    }
+    for (off, bytes) in table {
         mdi_sink::Sink::write_at(&mut *sink, off, &bytes).map_err(write_err)?;
     }
     let file = sink.finish(disk_bytes).with_context(|| {

@@ -30,6 +30,7 @@ pub const KEYS: &[&str] = &[
     "grubMkimage",
     "touchEFIVars",
     "efiVariables",
+    "bootTimeout",
     "configFile",
     "copyChannel",
     "channel",
@@ -111,6 +112,9 @@ pub struct Spec {
     pub touch_efi_vars: bool,
     #[serde(default)]
     pub efi_variables: Option<PathBuf>,
+    /// Seconds the boot menu waits (NixOS' boot.loader.timeout; default 5).
+    #[serde(default)]
+    pub boot_timeout: Option<u32>,
     #[serde(default)]
     pub config_file: Option<PathBuf>,
     #[serde(default)]

@@ -3,6 +3,7 @@
 //! (a Nix "chroot store": path P is at storeRoot + P), and how they enter the image tree.
 #![forbid(unsafe_code)]
 
+pub mod bootspec;
 pub mod db;
 
 use mdi_tree::{scan_host, Meta, ScanOptions, Timestamp, Tree, TreeError, ROOT};

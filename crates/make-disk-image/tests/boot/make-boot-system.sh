@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# make-boot-system.sh OUTDIR — a stand-in NixOS system that really boots, built by real
+# Nix into a chroot store (OUTDIR/root), for the boot tests (issue 6):
+#   - linux:   Debian's cloud kernel (linux-image-cloud-amd64), as $out/bzImage;
+#   - initrd:  busybox + the virtio modules; its /init mounts the filesystem labelled
+#              "nixos", prints the marker file only the root holds and the kernel command
+#              line on the serial console, and powers off;
+#   - toplevel: init, kernel, initrd links and a bootspec v1 boot.json;
+#   - OUTDIR/closure-info: nixpkgs' closureInfo of the toplevel (store-paths, registration).
+# Needs root (the chroot store's sandbox), nix-bin, jq, cpio, busybox-static and the kernel.
+set -euo pipefail
+export LC_ALL=C
+umask 022
+OUT="$(realpath -m "${1:?usage: make-boot-system.sh OUTDIR}")"
+KVER="$(ls /lib/modules | grep -- '-cloud-amd64$' | sort -V | tail -n1 || true)"
+[ -n "$KVER" ] && [ -f "/boot/vmlinuz-$KVER" ] || { echo "no linux-image-cloud-amd64 kernel installed" >&2; exit 1; }
+BB=/bin/busybox
+file -L "$BB" | grep -q 'statically linked' || { echo "$BB is not static; install busybox-static" >&2; exit 1; }
+
+rm -rf "$OUT/build"
+mkdir -p "$OUT/build/initrd/"{bin,dev,proc,sys,mnt,lib/modules} "$OUT/root"
+B="$OUT/build"
+cp "/boot/vmlinuz-$KVER" "$B/bzImage"
+cp "$BB" "$B/initrd/bin/busybox"
+# In dependency order (modprobe --show-depends virtio_pci virtio_blk).
+MODS="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk"
+for m in $MODS; do
+  f="$(find "/lib/modules/$KVER/kernel/drivers" -name "$m.ko*" | head -n1)"
+  [ -n "$f" ] || { echo "module $m not found for $KVER" >&2; exit 1; }
+  case "$f" in
+    *.xz) xz -dc "$f" >"$B/initrd/lib/modules/$m.ko" ;;
+    *.zst) zstd -qdc "$f" >"$B/initrd/lib/modules/$m.ko" ;;
+    *) cp "$f" "$B/initrd/lib/modules/$m.ko" ;;
+  esac
+done
+cat >"$B/initrd/init" <<INIT
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $MODS; do insmod /lib/modules/\$m.ko || echo "MDI-BOOT-NOTE: insmod \$m failed"; done
+i=0
+while ! dev=\$(findfs LABEL=nixos 2>/dev/null); do
+  i=\$((i+1)); [ \$i -gt 100 ] && { echo "MDI-BOOT-FAIL: no filesystem labelled nixos; block devices: \$(ls /sys/class/block)"; poweroff -f; }
+  sleep 0.1
+done
+mount -t ext4 -o ro "\$dev" /mnt || echo "MDI-BOOT-FAIL: mount \$dev"
+echo "MDI-BOOT-CMDLINE: \$(cat /proc/cmdline)"
+echo "MDI-BOOT-MARKER: \$(cat /mnt/boot-marker 2>&1)"
+poweroff -f
+INIT
+chmod 0755 "$B/initrd/init"
+(cd "$B/initrd" && find . | sort | cpio -o -H newc --quiet | gzip -9n) >"$B/initrd.gz"
+
+cat >"$B/system.nix" <<'NIX'
+{ buildDir }:
+let
+  system = "x86_64-linux";
+  sh = script: extra: derivation ({ inherit system; builder = "/bin/sh"; args = [ "-eu" "-c" script ]; PATH = "/usr/bin:/bin"; } // extra);
+  linux = sh "mkdir $out && cp $src $out/bzImage" { name = "linux-boot-test"; src = /. + (buildDir + "/bzImage"); };
+  initrd = sh "mkdir $out && cp $src $out/initrd" { name = "initrd-boot-test"; src = /. + (buildDir + "/initrd.gz"); };
+  toplevel = sh ''
+    mkdir $out
+    ln -s ${linux}/bzImage $out/kernel
+    ln -s ${initrd}/initrd $out/initrd
+    printf '#!/bin/sh\necho stage 2 stand-in\n' >$out/init
+    chmod 0755 $out/init
+    jq -n --sort-keys --arg t "$out" '{"org.nixos.bootspec.v1": {"system": "x86_64-linux",
+      "kernel": "${linux}/bzImage", "initrd": "${initrd}/initrd",
+      "kernelParams": ["console=ttyS0", "panic=-1", "loglevel=4"],
+      "label": "NixOS boot-test (Linux)", "toplevel": $t, "init": ($t + "/init")},
+      "org.nixos.specialisation.v1": {}}' >$out/boot.json
+  '' { name = "nixos-system-boot-test"; };
+  closureInfo = sh ''
+    export PATH=/usr/bin:/bin
+    attrs=.attrs.json
+    [ -e "$attrs" ] || attrs="$NIX_ATTRS_JSON_FILE"
+    out="$(jq -r .outputs.out <"$attrs")"
+    mkdir "$out"
+    jq -r '.closure | map([.path, .narHash, .narSize, "", (.references | length)] + .references) | add | map("\(.)\n") | add' <"$attrs" | head -n -1 >"$out/registration"
+    jq -r '.closure[].path' <"$attrs" >"$out/store-paths"
+  '' { name = "closure-info"; __structuredAttrs = true; exportReferencesGraph.closure = [ toplevel ]; };
+in { inherit toplevel closureInfo; }
+NIX
+
+mkdir -p "$B/nix-conf"
+cat >"$B/nix-conf/nix.conf" <<EOF2
+build-users-group =
+sandbox = true
+sandbox-fallback = false
+sandbox-paths = /bin /usr /lib /lib64
+substitute = false
+substituters =
+require-sigs = false
+experimental-features = nix-command
+EOF2
+export NIX_CONF_DIR="$B/nix-conf" NIX_USER_CONF_FILES="$B/nix-conf/nix.conf"
+unset NIX_REMOTE NIX_PATH NIX_STORE_DIR NIX_STATE_DIR NIX_LOG_DIR NIX_STORE 2>/dev/null || true
+nix-build --store "$OUT/root" "$B/system.nix" --argstr buildDir "$B" -A toplevel -A closureInfo --no-out-link >"$B/out" 2>"$B/log" \
+  || { tail -n 30 "$B/log" >&2; exit 1; }
+TOP="$(grep -v -- '-closure-info$' "$B/out" | tail -n1)"
+CI="$(grep -- '-closure-info$' "$B/out" | tail -n1)"
+rm -rf "$OUT/closure-info"
+mkdir "$OUT/closure-info"
+cp "$OUT/root$CI/registration" "$OUT/root$CI/store-paths" "$OUT/closure-info/"
+echo "$TOP" >"$OUT/closure-info/toplevel"
+echo "$KVER" >"$OUT/kernel-version"
