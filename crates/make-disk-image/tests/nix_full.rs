@@ -37,25 +37,6 @@ fn build_full(corpus: &Path, out: &Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn boot_loader_not_yet_is_a_clear_error() {
-    let t = tempfile::tempdir().unwrap();
-    let ci = t.path().join("ci");
-    fs::create_dir(&ci).unwrap();
-    fs::write(ci.join("store-paths"), "").unwrap();
-    fs::write(ci.join("registration"), "").unwrap();
-    let out = t.path().join("out");
-    let err = build_fails(&[
-        os("--closure-info"),
-        ci.as_os_str(),
-        os("--system"),
-        os("/nix/store/00000000000000000000000000000000-x"),
-        os("-o"),
-        out.as_os_str(),
-    ]);
-    assert!(err.contains("installBootLoader = false"), "{err}");
-}
-
-#[test]
 fn full_image_nix_state_is_accepted_by_nix() {
     let Some(corpus) = corpus("tiny") else { return };
     if skip_unless_root("loop mount of the full image") {

@@ -418,6 +418,10 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             "sha256Note": (!hash_it).then_some("not computed: the file is above 16 GiB (a raw image is mostly holes; hashing would read every one)"),
         },
         "partitionTableType": spec.partition_table_type,
+        "bootLoader": installed.as_ref().map(|i| match i.loader {
+            boot::Loader::SystemdBoot => "systemd-boot",
+            boot::Loader::Grub => "grub",
+        }),
         "partitions": partitions,
         "filesystems": filesystems,
         "sourceDateEpoch": sde,

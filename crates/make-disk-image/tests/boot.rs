@@ -1,0 +1,318 @@
+//! Issue 6: images with a boot loader boot. A stand-in NixOS system (Debian's cloud kernel,
+//! a busybox initrd, a bootspec; built by real Nix with tests/boot/make-boot-system.sh)
+//! goes into images of every layout; each boots under qemu-system-x86_64 (q35, virtio
+//! disk, serial console) with SeaBIOS or OVMF, and the initrd prints a marker file only
+//! the image's root filesystem holds, plus the kernel command line.
+//!
+//! The tests run one after another (one QEMU at a time: parallel TCG boots are no faster
+//! on 2 cores). QEMU runs with TCG unless MDI_BOOT_ACCEL says otherwise: this machine's
+//! /dev/kvm is a paravirtual KVM that cannot run these guests.
+
+mod common;
+use common::*;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// One boot at a time.
+static QEMU: Mutex<()> = Mutex::new(());
+
+/// The stand-in system, built once per test binary; None (after saying why) where it
+/// cannot be built.
+fn system() -> Option<&'static Path> {
+    static SYS: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SYS.get_or_init(|| {
+        if !is_root() {
+            eprintln!("SKIP boot tests: need root (the Nix chroot store's sandbox); CI runs as root");
+            return None;
+        }
+        for t in ["nix-build", "qemu-system-x86_64", "grub-mkimage", "jq", "cpio"] {
+            if !tool_exists(t) {
+                eprintln!("SKIP boot tests: {t} is missing (scripts/test.sh installs it)");
+                return None;
+            }
+        }
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-system");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/boot/make-boot-system.sh");
+        let o = Command::new(&script).arg(&out).output().expect("run make-boot-system.sh");
+        assert!(o.status.success(), "make-boot-system.sh failed:\n{}", String::from_utf8_lossy(&o.stderr));
+        Some(out)
+    })
+    .as_deref()
+}
+
+/// Builds an image of the stand-in system; returns the output folder and the marker text.
+fn build_image(sys: &Path, dir: &Path, extra: &[&str]) -> (PathBuf, String) {
+    let marker = format!("marker {}", dir.file_name().unwrap().to_string_lossy());
+    fs::create_dir_all(dir).unwrap();
+    let marker_file = dir.join("marker");
+    fs::write(&marker_file, &marker).unwrap();
+    let contents = format!(r#"[{{"source":"{}","target":"/boot-marker"}}]"#, marker_file.display());
+    let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap();
+    let out = dir.join("out");
+    let mut args = vec![
+        os("--closure-info"),
+        sys.join("closure-info").into_os_string().leak() as &std::ffi::OsStr,
+        os("--store-root"),
+        sys.join("root").into_os_string().leak(),
+        os("--system"),
+        os(toplevel.trim()),
+        os("--boot-timeout"),
+        os("0"),
+        os("--contents"),
+        os(contents.leak()),
+        os("-o"),
+        out.clone().into_os_string().leak(),
+    ];
+    args.extend(extra.iter().map(|a| os(a)));
+    build(&args);
+    (out, marker)
+}
+
+enum Firmware<'a> {
+    Bios,
+    /// OVMF with this variable store (copied; QEMU writes to it).
+    Uefi(&'a Path),
+}
+
+/// Boots `image` and returns the serial console output up to the marker (panics with the
+/// output on timeout or when the guest stops without printing it).
+fn boot(image: &Path, format: &str, fw: Firmware, marker: &str) -> String {
+    let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let accel = std::env::var("MDI_BOOT_ACCEL").unwrap_or_else(|_| "tcg".into());
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35", "-accel", &accel, "-m", "512", "-display", "none", "-monitor", "none"])
+        .args(["-serial", "stdio", "-no-reboot", "-nodefaults"])
+        .arg("-drive")
+        .arg(format!("file={},format={format},if=none,id=disk", image.display()))
+        .args(["-device", "virtio-blk-pci,drive=disk"]);
+    let vars_copy;
+    if let Firmware::Uefi(vars) = fw {
+        vars_copy = image.with_extension("vars.fd");
+        fs::copy(vars, &vars_copy).unwrap();
+        cmd.arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display()));
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("run qemu-system-x86_64");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            if tx.send(String::from_utf8_lossy(&line).replace('\r', "")).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut log = String::new();
+    let want = format!("MDI-BOOT-MARKER: {marker}");
+    let found = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains(&want) {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no '{want}' on the serial console of {}:\n{log}", image.display());
+    log
+}
+
+/// The kernel command line the guest printed.
+fn cmdline(log: &str) -> &str {
+    log.lines().find_map(|l| l.split_once("MDI-BOOT-CMDLINE: ").map(|(_, c)| c)).expect("cmdline printed")
+}
+
+fn check_cmdline(log: &str, sys: &Path) {
+    let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap();
+    let c = cmdline(log);
+    assert!(c.contains(&format!("init={}/init", toplevel.trim())), "{c}");
+    assert!(c.contains("console=ttyS0 panic=-1 loglevel=4"), "{c}");
+}
+
+fn case(name: &str, ptt: &str, loader: &str, fws: &[&str]) {
+    let Some(sys) = system() else { return };
+    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = t.path().join(name);
+    let (out, marker) = build_image(sys, &dir, &["--partition-table-type", ptt, "--boot-loader", loader]);
+    let img = out.join("nixos.img");
+    for fw in fws {
+        let f = if *fw == "bios" { Firmware::Bios } else { Firmware::Uefi(Path::new(OVMF_VARS)) };
+        let log = boot(&img, "raw", f, &marker);
+        check_cmdline(&log, sys);
+        eprintln!("{name}: booted with {fw}");
+    }
+}
+
+#[test]
+fn grub_bios_legacy() {
+    case("grub-legacy", "legacy", "grub", &["bios"]);
+}
+
+#[test]
+fn grub_bios_legacy_boot() {
+    case("grub-legacy-boot", "legacy+boot", "grub", &["bios"]);
+}
+
+#[test]
+fn grub_bios_legacy_gpt() {
+    case("grub-legacy-gpt", "legacy+gpt", "grub", &["bios"]);
+}
+
+#[test]
+fn grub_hybrid_bios_and_uefi() {
+    case("grub-hybrid", "hybrid", "grub", &["bios", "uefi"]);
+}
+
+#[test]
+fn grub_uefi_efi() {
+    case("grub-efi", "efi", "grub", &["uefi"]);
+}
+
+#[test]
+fn systemd_boot_efi() {
+    case("sd-efi", "efi", "systemd-boot", &["uefi"]);
+}
+
+#[test]
+fn systemd_boot_efixbootldr() {
+    case("sd-xbootldr", "efixbootldr", "systemd-boot", &["uefi"]);
+}
+
+#[test]
+fn systemd_boot_hybrid() {
+    case("sd-hybrid", "hybrid", "systemd-boot", &["uefi"]);
+}
+
+#[test]
+fn qcow2_and_vhd_boot() {
+    let Some(sys) = system() else { return };
+    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for (format, qemu_fmt, ext) in [("qcow2", "qcow2", "qcow2"), ("vpc", "vpc", "vhd")] {
+        let (out, marker) = build_image(
+            sys,
+            &t.path().join(format),
+            &["--partition-table-type", "hybrid", "--boot-loader", "grub", "--format", format],
+        );
+        let log = boot(&out.join(format!("nixos.{ext}")), qemu_fmt, Firmware::Bios, &marker);
+        check_cmdline(&log, sys);
+    }
+}
+
+/// The systemd-boot files land where NixOS puts them (checked with mtools on the ESP).
+#[test]
+fn systemd_boot_files_on_the_esp() {
+    let Some(sys) = system() else { return };
+    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (out, _) = build_image(sys, &t.path().join("files"), &["--partition-table-type", "efixbootldr"]);
+    let img = out.join("nixos.img");
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let offset = |label: &str| {
+        m["filesystems"].as_array().unwrap().iter().find(|f| f["label"] == label).unwrap()["offset"].as_u64().unwrap()
+    };
+    let mtype = |off: u64, path: &str| {
+        let o = Command::new("mtype")
+            .arg("-i")
+            .arg(format!("{}@@{off}", img.display()))
+            .arg(format!("::{path}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mtype {path}: {}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let esp = offset("ESP");
+    let xbootldr = offset("BOOT");
+    let sd = fs::read("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").unwrap();
+    assert_eq!(mtype(esp, "/EFI/systemd/systemd-bootx64.efi"), sd);
+    assert_eq!(mtype(esp, "/EFI/BOOT/BOOTX64.EFI"), sd);
+    let conf = String::from_utf8(mtype(esp, "/loader/loader.conf")).unwrap();
+    assert_eq!(conf, "timeout 0\ndefault nixos-generation-1.conf\nconsole-mode keep\n");
+    let entry = String::from_utf8(mtype(xbootldr, "/loader/entries/nixos-generation-1.conf")).unwrap();
+    let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap();
+    assert!(
+        entry.starts_with(
+            "title NixOS\nsort-key nixos\nversion Generation 1 NixOS boot-test (Linux), built on 1970-01-01\n"
+        ),
+        "{entry}"
+    );
+    assert!(
+        entry.contains(&format!("options init={}/init console=ttyS0 panic=-1 loglevel=4\n", toplevel.trim())),
+        "{entry}"
+    );
+    let kernel_line = entry.lines().find(|l| l.starts_with("linux ")).unwrap();
+    let kernel = mtype(xbootldr, kernel_line.trim_start_matches("linux "));
+    assert_eq!(kernel.len() as u64, fs::metadata(sys.join("build/bzImage")).unwrap().len());
+}
+
+#[test]
+fn boot_loader_errors_are_clear() {
+    let Some(sys) = system() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap();
+    let ci = sys.join("closure-info");
+    let root = sys.join("root");
+    let run = |extra: &[&str]| {
+        let out = t.path().join("out");
+        let mut args = vec![
+            os("--closure-info"),
+            ci.as_os_str(),
+            os("--store-root"),
+            root.as_os_str(),
+            os("--system"),
+            os(toplevel.trim()),
+            os("-o"),
+            out.as_os_str(),
+        ];
+        args.extend(extra.iter().map(|a| os(a)));
+        let err = build_fails(&args);
+        assert!(!out.join("nixos.img").exists());
+        err
+    };
+    let err = run(&["--partition-table-type", "legacy", "--boot-loader", "systemd-boot"]);
+    assert!(err.contains("systemd-boot needs an EFI system partition"), "{err}");
+    let err = run(&["--partition-table-type", "efi", "--systemd-boot", "/nonexistent/systemd-bootx64.efi"]);
+    assert!(err.contains("systemdBoot") && err.contains("/nonexistent/systemd-bootx64.efi"), "{err}");
+    let empty = t.path().join("no-grub");
+    fs::create_dir(&empty).unwrap();
+    let err = run(&["--partition-table-type", "legacy", "--grub", empty.to_str().unwrap()]);
+    assert!(err.contains("grub-pc-bin"), "{err}");
+    // A grub-mkimage whose core.img is bigger than the 1 MiB BIOS boot partition.
+    let fat = t.path().join("fat-mkimage");
+    fs::write(&fat, "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = -o ] && out=$2; shift; done\nhead -c 2000000 /dev/zero >\"$out\"\n").unwrap();
+    fs::set_permissions(&fat, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let err = run(&["--partition-table-type", "legacy+gpt", "--grub-mkimage", fat.to_str().unwrap()]);
+    assert!(err.contains("core.img") && err.contains("does not fit"), "{err}");
+    // A system without boot.json: a hard-linked copy of the store without it.
+    let bare = t.path().join("bare-root");
+    let st = Command::new("cp").arg("-al").arg(&root).arg(&bare).status().unwrap();
+    assert!(st.success());
+    fs::remove_file(bare.join(&toplevel.trim()[1..]).join("boot.json")).unwrap();
+    let err = build_fails(&[
+        os("--closure-info"),
+        ci.as_os_str(),
+        os("--store-root"),
+        bare.as_os_str(),
+        os("--system"),
+        os(toplevel.trim()),
+        os("--partition-table-type"),
+        os("efi"),
+        os("-o"),
+        t.path().join("out2").as_os_str(),
+    ]);
+    assert!(err.contains("bootspec") && err.contains("installBootLoader = false"), "{err}");
+}
