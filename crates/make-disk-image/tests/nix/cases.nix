@@ -116,6 +116,9 @@ rec {
     grubEfi = "${s.grub2_efi}";
     ovmfVars = "${s.ovmf.variables}";
     hello = "${s.hello}";
+    greeter = "${s.greeter}";
+    kernel = "${s.kernel}";
+    initrd = "${s.initrd}";
     toplevel = "${s.toplevel}";
     extra = "${s.extra}";
   };
