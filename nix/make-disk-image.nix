@@ -11,8 +11,8 @@
 #
 # From `lib` only assertMsg, assertOneOf (so the assertion messages are nixpkgs' own) and
 # cleanSource (the channel) are used; from `pkgs` only runCommand, closureInfo, path
-# (channel), OVMF (touchEFIVars), stdenv.hostPlatform.efiArch and buildPackages.callPackage
-# (the default makeDiskImage).
+# (channel), OVMF (touchEFIVars), grub2 (GRUB), stdenv.hostPlatform.efiArch and
+# buildPackages.callPackage (the default makeDiskImage).
 args@{
   pkgs,
   lib,
@@ -172,9 +172,11 @@ let
     ) (builtins.filter ({ c, ... }: isGlob c) indexed)
   );
 
-  # The boot loader and its inputs, from config.boot.loader: systemd-boot's EFI binary
-  # from config.systemd.package; GRUB's i386-pc modules from boot.loader.grub.package and
-  # its x86_64-efi modules from boot.loader.grub.efiPackage (NixOS' grub2 / grub2_efi).
+  # The boot loader and its inputs, from config.boot.loader. systemd-boot: its EFI binary
+  # from config.systemd.package (what bootctl installs). GRUB: the package NixOS' grub
+  # module uses (config.system.build.grub: pkgs.grub2, built with ZFS support when
+  # boot.loader.grub.zfsSupport; null for devices = [ "nodev" ]) for the i386-pc modules,
+  # and its efiSupport build for the x86_64-efi ones.
   loader = config.boot.loader or { };
   enabled = n: (loader.${n}.enable or false) == true;
   efiArch = pkgs.stdenv.hostPlatform.efiArch or "x64";
@@ -190,11 +192,21 @@ let
     "efixbootldr"
     "hybrid"
   ];
-  grubBios = grub.package;
-  grubEfi = grub.efiPackage or grub.package;
+  grubPkgs = if grub.forcei686 or false then pkgs.pkgsi686Linux else pkgs;
+  realGrub =
+    if grub.zfsSupport or false then
+      grubPkgs.grub2.override {
+        zfsSupport = true;
+        zfs = grub.zfsPackage;
+      }
+    else
+      grubPkgs.grub2;
+  grubBios =
+    if (config.system.build.grub or null) != null then config.system.build.grub else realGrub;
+  grubEfi = realGrub.override { efiSupport = true; };
   grubModules =
-    if needBios && needEfi && toString grubBios != toString grubEfi then
-      # Both platforms, from two packages: one folder holding both module folders.
+    if needBios && needEfi then
+      # Both platforms come from two builds: one folder holding both module folders.
       "${pkgs.runCommand "grub-modules" { } ''
         mkdir -p $out
         ln -s ${grubBios}/lib/grub/i386-pc $out/i386-pc

@@ -372,7 +372,7 @@ fn spec_keys_for_each_boot_loader_and_user() {
     assert_eq!((&sd["format"], &sd["formatOptions"]["compression"]), (&"qcow2-compressed".into(), &"zstd".into()));
     assert!(sd.get("grub").is_none());
 
-    // GRUB: BIOS modules from boot.loader.grub.package, EFI ones from grub.efiPackage.
+    // GRUB: BIOS modules from config.system.build.grub, EFI ones from pkgs.grub2.override { efiSupport = true; }.
     let grub = expect["grub"].as_str().unwrap();
     let grub_efi = expect["grubEfi"].as_str().unwrap();
     let gl = s("grubLegacy");

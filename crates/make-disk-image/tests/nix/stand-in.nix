@@ -158,11 +158,19 @@ rec {
     path = ./channel-src;
     stdenv.hostPlatform.efiArch = "x64";
     OVMF.fd = ovmf;
+    # grub2.override { efiSupport = true; } is nixpkgs' grub2_efi.
+    grub2 = grub2 // {
+      override = a: if a.efiSupport or false then grub2_efi else grub2;
+    };
   };
 
-  # config: GRUB on /dev/vda (NixOS' default loader), users with and without fixed ids.
+  # config: GRUB on /dev/vda (NixOS' default loader; its grub module sets
+  # system.build.grub), users with and without fixed ids.
   config = {
-    system.build.toplevel = toplevel;
+    system.build = {
+      inherit toplevel;
+      grub = grub2;
+    };
     system.nixos = {
       version = "25.05.standin";
       versionSuffix = ".standin";
@@ -170,9 +178,9 @@ rec {
     boot.loader = {
       grub = {
         enable = true;
-        package = grub2;
-        efiPackage = grub2_efi;
         devices = [ "/dev/vda" ];
+        efiSupport = false;
+        zfsSupport = false;
       };
       systemd-boot.enable = false;
     };
