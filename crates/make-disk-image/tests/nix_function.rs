@@ -273,6 +273,10 @@ fn full_image_of_a_stand_in_system() {
         format!("{out}/nixos.img 268435456 256MiB 1536\n")
     );
     assert!(manifest["spec"]["postVM"].is_null(), "postVM runs in the builder, not in the program");
+    // Nix rebuilds it and finds the same bytes (`nix-build --check` fails on any difference).
+    let mut check = NixStore::cases();
+    check.extend(["--no-out-link".into(), "--check".into(), "-A".into(), "full".into()]);
+    store.ok("nix-build", &check);
     // An ordinary derivation: no system feature (kvm) asked for.
     let drv = store.ok("nix-store", &["-q", "--deriver", &out]);
     let o = store.run("nix-store", &["-q", "--binding", "requiredSystemFeatures", drv.trim()]);
