@@ -1,0 +1,204 @@
+# What tests/nix_function.rs evaluates and builds: our nix/make-disk-image.nix called as
+# NixOS users call nixpkgs' function, with the stand-in pkgs/lib/config of stand-in.nix.
+{ mdiBin }:
+let
+  s = import ./stand-in.nix { inherit mdiBin; };
+  mdi =
+    args:
+    import ../../../../nix/make-disk-image.nix (
+      {
+        inherit (s) pkgs lib config makeDiskImage;
+      }
+      // args
+    );
+in
+rec {
+  inherit (s) toplevel extra hello;
+
+  # nixpkgs' store image (qemu-vm's useNixStoreImage, make-disk-image's onlyNixStore).
+  storeOnly = mdi {
+    onlyNixStore = true;
+    partitionTableType = "none";
+    installBootLoader = false;
+    copyChannel = false;
+    additionalPaths = [ s.extra ];
+    baseName = "store";
+    additionalSpace = "8M";
+  };
+
+  # A full image of the stand-in system (no boot loader: that is issue 6/7's part).
+  full = mdi {
+    installBootLoader = false;
+    additionalSpace = "16M";
+    configFile = ./configuration.nix;
+    additionalPaths = [
+      s.extra
+      s.toplevel
+    ];
+    contents = [
+      {
+        source = "${s.hello}/share/doc/README";
+        target = "/etc/motd";
+        mode = "0640";
+        user = "alice";
+        group = "staff";
+      }
+      {
+        source = s.greeter;
+        target = "/opt/greeter";
+        user = "root";
+        group = "root";
+      }
+      {
+        source = "${s.hello}/share/doc/*";
+        target = "/usr/share/doc/hello";
+      }
+      {
+        source = ./configuration.nix;
+        target = "/etc/fixture.nix";
+        mode = "0600";
+      }
+    ];
+    postVM = ''
+      test -f "$diskImage"
+      echo "$diskImage $bootSize $bootSizeMiB $(sectorsToBytes 3)" >$out/post-vm
+    '';
+  };
+
+  # The spec the function writes, for each boot loader configuration.
+  specs = {
+    systemdBoot =
+      (mdi {
+        config = s.configSystemdBoot;
+        partitionTableType = "efi";
+        touchEFIVars = true;
+        format = "qcow2-compressed";
+        formatOptions.compression = "zstd";
+      }).spec;
+    grubLegacy = (mdi { }).spec;
+    grubEfi = (mdi { partitionTableType = "efi"; }).spec;
+    grubHybrid = (mdi { partitionTableType = "hybrid"; }).spec;
+    noLoader = (mdi { config = s.configNoLoader; }).spec;
+    noInstall = (mdi { installBootLoader = false; }).spec;
+    contents =
+      (mdi {
+        copyChannel = false;
+        contents = [
+          {
+            source = s.hello;
+            target = "/a";
+            user = "alice";
+            group = "staff";
+          }
+          {
+            source = s.hello;
+            target = "/b";
+            user = "bob";
+            group = "wheel";
+          }
+          {
+            source = s.hello;
+            target = "/c";
+            user = "carol";
+            group = "root";
+          }
+          {
+            source = s.hello;
+            target = "/d";
+          }
+        ];
+      }).spec;
+    storeOnly = storeOnly.spec;
+  };
+  expect = {
+    systemdBoot = "${s.systemdPkg}/lib/systemd/boot/efi/systemd-bootx64.efi";
+    grub = "${s.grub2}";
+    grubEfi = "${s.grub2_efi}";
+    ovmfVars = "${s.ovmf.variables}";
+    hello = "${s.hello}";
+    greeter = "${s.greeter}";
+    kernel = "${s.kernel}";
+    initrd = "${s.initrd}";
+    toplevel = "${s.toplevel}";
+    extra = "${s.extra}";
+  };
+
+  # memSize is accepted and changes nothing; so are efiFirmware and name-less defaults.
+  memSizeIgnored = (mdi { }).drvPath == (mdi { memSize = 8192; efiFirmware = "/none"; }).drvPath;
+  # A boot loader that needs more than files (limine) is an error, not an image without it.
+  limine = (mdi { config = s.configLimine; }).drvPath;
+  # Realises the one-folder GRUB module tree made for hybrid from grub2 + grub2_efi.
+  grubHybridModules = s.mk "grub-hybrid-modules" ''
+    cd "$grub"
+    cat i386-pc/boot.img x86_64-efi/normal.mod >$out
+  '' { inherit (specs.grubHybrid) grub; };
+
+  # The flake's lib.makeDiskImage is this function; package.nix evaluates (with a stand-in
+  # of the few nixpkgs functions it calls: it cannot be built without nixpkgs).
+  flakeLib =
+    let
+      flake = (import ../../../../flake.nix).outputs {
+        self = flake;
+        nixpkgs = {
+          lib.genAttrs = names: f: builtins.listToAttrs (map (name: { inherit name; value = f name; }) names);
+          legacyPackages = { };
+        };
+      };
+    in
+    (flake.lib.makeDiskImage { inherit (s) pkgs lib config makeDiskImage; }).drvPath == (mdi { }).drvPath;
+  package = import ../../../../package.nix {
+    lib = {
+      importTOML = f: builtins.fromTOML (builtins.readFile f);
+      fileset = {
+        toSource = { root, fileset }: map toString fileset;
+        unions = l: l;
+      };
+      licenses = {
+        mit = "MIT";
+        asl20 = "Apache-2.0";
+      };
+      platforms.linux = [ "x86_64-linux" ];
+    };
+    rustPlatform.buildRustPackage = a: {
+      inherit (a) pname version src cargoBuildFlags;
+      lockFile = toString a.cargoLock.lockFile;
+      inherit (a.meta) mainProgram;
+    };
+  };
+
+  # Each of nixpkgs' assertions, fired.
+  bad = {
+    partitionTableType = (mdi { partitionTableType = "gpt"; }).drvPath;
+    rootFSUID = (mdi { rootFSUID = null; }).drvPath;
+    fsType = (mdi { fsType = "btrfs"; }).drvPath;
+    touchEFIVars = (mdi { touchEFIVars = true; }).drvPath;
+    onlyNixStoreContents =
+      (mdi {
+        onlyNixStore = true;
+        installBootLoader = false;
+        contents = [
+          {
+            source = s.hello;
+            target = "/x";
+          }
+        ];
+      }).drvPath;
+    onlyNixStoreBootLoader = (mdi { onlyNixStore = true; }).drvPath;
+    userWithoutGroup =
+      (mdi {
+        contents = [
+          {
+            source = s.hello;
+            target = "/x";
+            user = "alice";
+          }
+        ];
+      }).drvPath;
+  };
+  # What nixpkgs also allows: no rootFSUID when not deterministic, other fsTypes unpartitioned.
+  good = {
+    notDeterministic = (mdi { rootFSUID = null; deterministic = false; }).drvPath;
+    btrfsUnpartitioned = (mdi { fsType = "btrfs"; partitionTableType = "none"; }).drvPath;
+    efiVarsOnLegacyGpt = (mdi { touchEFIVars = true; partitionTableType = "legacy+gpt"; }).drvPath;
+  };
+}

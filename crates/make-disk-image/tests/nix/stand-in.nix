@@ -1,0 +1,215 @@
+# A small stand-in for nixpkgs (pkgs, lib) and an evaluated NixOS configuration (config),
+# just enough for nix/make-disk-image.nix: Debian's nix-bin comes without nixpkgs. Every
+# builder is the host's shell (the tests build with the sandbox off); closureInfo is
+# nixpkgs' (exportReferencesGraph + structured attrs, same output files).
+#
+# mdiBin: path of the make-disk-image program built by cargo; the stand-in package copies it.
+{ mdiBin }:
+rec {
+  system = builtins.currentSystem;
+
+  # Every script ends with a shell builtin: a shell runs its last command with exec, and
+  # when that command (coreutils' ln, chmod, ...) closes its output before exiting, Nix
+  # 2.8 sees the end of the log, kills the builder and reports "signal 9".
+  mk =
+    name: script: attrs:
+    derivation (
+      {
+        inherit name system;
+        builder = "/bin/sh";
+        args = [ "-eu" "-c" (script + "\n:") ];
+        PATH = "/usr/bin:/bin";
+      }
+      // attrs
+    );
+
+  lib = rec {
+    assertMsg = pred: msg: pred || builtins.throw msg;
+    # nixpkgs' lib.generators.toPretty, for the strings and lists assertOneOf prints.
+    toPretty =
+      v:
+      if builtins.isList v then
+        "[\n" + builtins.concatStringsSep "" (map (x: "  ${toPretty x}\n") v) + "]"
+      else if builtins.isString v then
+        "\"${v}\""
+      else
+        toString v;
+    assertOneOf =
+      name: val: xs:
+      assertMsg (builtins.elem val xs) "${name} must be one of ${toPretty xs}, but is: ${toPretty val}";
+    cleanSource =
+      src:
+      builtins.path {
+        path = src;
+        name = "source";
+        filter = path: type: baseNameOf path != ".git";
+      };
+  };
+
+  # stdenv's runCommand: a bash script with `set -eu -o pipefail`, nativeBuildInputs on
+  # PATH, passthru on the result.
+  runCommand =
+    name: env: script:
+    derivation (
+      builtins.removeAttrs env [ "passthru" "nativeBuildInputs" ]
+      // {
+        inherit name system;
+        builder = "/bin/bash";
+        args = [ "-eu" "-o" "pipefail" "-c" (script + "\n:") ];
+        PATH = builtins.concatStringsSep ":" (
+          map (p: "${p}/bin") (env.nativeBuildInputs or [ ]) ++ [ "/usr/bin" "/bin" ]
+        );
+      }
+    )
+    // (env.passthru or { });
+
+  # nixpkgs' closureInfo: the three files, in its format (reference §4).
+  closureInfo =
+    { rootPaths }:
+    derivation {
+      name = "closure-info";
+      inherit system;
+      builder = "/bin/sh";
+      __structuredAttrs = true;
+      exportReferencesGraph.closure = rootPaths;
+      args = [
+        "-eu"
+        "-c"
+        ''
+          export PATH=/usr/bin:/bin
+          attrs=.attrs.json
+          [ -e "$attrs" ] || attrs="$NIX_ATTRS_JSON_FILE"
+          out="$(jq -r .outputs.out <"$attrs")"
+          mkdir "$out"
+          jq -r '(.closure | map(.narSize) | add) // 0' <"$attrs" >"$out/total-nar-size"
+          jq -r '.closure | map([.path, .narHash, .narSize, "", (.references | length)] + .references) | add | map("\(.)\n") | add // ""' <"$attrs" | head -n -1 >"$out/registration"
+          jq -r '.closure[].path' <"$attrs" >"$out/store-paths"
+          :
+        ''
+      ];
+    };
+
+  # The stand-in system: a few packages that refer to each other, a kernel and an initrd,
+  # and a toplevel with init, boot.json (bootspec v1) and the usual links.
+  hello = mk "hello-2.12" ''
+    mkdir -p $out/bin $out/share/doc
+    printf '#!/bin/sh\necho hello\n' >$out/bin/hello
+    chmod 0755 $out/bin/hello
+    echo "hello, the documentation" >$out/share/doc/README
+    echo "hello, the notes" >$out/share/doc/NOTES
+  '' { };
+  greeter = mk "greeter-1.0" ''
+    mkdir -p $out/bin
+    printf '#!/bin/sh\nexec %s/bin/hello "$@"\n' "$hello" >$out/bin/greet
+    chmod 0755 $out/bin/greet
+  '' { inherit hello; };
+  kernel = mk "linux-6.6-stand-in" ''
+    mkdir $out
+    head -c 70000 /dev/zero | tr '\0' 'k' >$out/bzImage
+  '' { };
+  initrd = mk "initrd-linux-6.6-stand-in" ''
+    mkdir $out
+    echo initrd >$out/initrd
+  '' { };
+  toplevel = mk "nixos-system-standin-25.05" ''
+    mkdir -p $out/bin
+    printf '#!%s/bin/greet\n' "$greeter" >$out/init
+    printf '#!/bin/sh\necho activating\n' >$out/activate
+    printf '#!/bin/sh\necho switch-to-configuration: stand-in\n' >$out/bin/switch-to-configuration
+    chmod 0755 $out/init $out/activate $out/bin/switch-to-configuration
+    ln -s "$greeter" $out/sw
+    ln -s "$kernel/bzImage" $out/kernel
+    ln -s "$initrd/initrd" $out/initrd
+    echo 25.05.standin >$out/nixos-version
+    echo "$system" >$out/system
+    printf '{"org.nixos.bootspec.v1":{"init":"%s/init","initrd":"%s/initrd","kernel":"%s/bzImage","kernelParams":["console=ttyS0"],"label":"NixOS 25.05 (Linux 6.6)","system":"%s","toplevel":"%s"},"org.nixos.specialisation.v1":{}}\n' \
+      "$out" "$initrd" "$kernel" "$system" "$out" >$out/boot.json
+  '' { inherit greeter kernel initrd; };
+  # For additionalPaths.
+  extra = mk "extra-data" ''
+    mkdir $out
+    echo "an additional path" >$out/data
+  '' { };
+
+  systemdPkg = mk "systemd-stand-in" ''
+    mkdir -p $out/lib/systemd/boot/efi
+    echo "systemd-boot stand-in" >$out/lib/systemd/boot/efi/systemd-bootx64.efi
+  '' { };
+  grub2 = mk "grub-stand-in" ''
+    mkdir -p $out/lib/grub/i386-pc $out/bin
+    echo boot.img >$out/lib/grub/i386-pc/boot.img
+  '' { };
+  grub2_efi = mk "grub-efi-stand-in" ''
+    mkdir -p $out/lib/grub/x86_64-efi $out/bin
+    echo normal.mod >$out/lib/grub/x86_64-efi/normal.mod
+  '' { };
+  ovmf = {
+    variables = mk "OVMF_VARS.fd" "head -c 540672 /dev/zero >$out" { };
+    firmware = mk "OVMF_CODE.fd" "head -c 4096 /dev/zero >$out" { };
+  };
+
+  makeDiskImage = mk "make-disk-image-host" ''
+    mkdir -p $out/bin
+    cp "$bin" $out/bin/make-disk-image
+  '' { bin = mdiBin; };
+
+  pkgs = {
+    inherit runCommand closureInfo;
+    path = ./channel-src;
+    stdenv.hostPlatform.efiArch = "x64";
+    OVMF.fd = ovmf;
+    # grub2.override { efiSupport = true; } is nixpkgs' grub2_efi.
+    grub2 = grub2 // {
+      override = a: if a.efiSupport or false then grub2_efi else grub2;
+    };
+  };
+
+  # config: GRUB on /dev/vda (NixOS' default loader; its grub module sets
+  # system.build.grub), users with and without fixed ids.
+  config = {
+    system.build = {
+      inherit toplevel;
+      grub = grub2;
+    };
+    system.nixos = {
+      version = "25.05.standin";
+      versionSuffix = ".standin";
+    };
+    boot.loader = {
+      grub = {
+        enable = true;
+        devices = [ "/dev/vda" ];
+        efiSupport = false;
+        zfsSupport = false;
+      };
+      systemd-boot.enable = false;
+    };
+    systemd.package = systemdPkg;
+    users.users = {
+      root.uid = 0;
+      alice.uid = 1000;
+      bob.uid = null;
+    };
+    users.groups = {
+      root.gid = 0;
+      staff.gid = 50;
+      wheel = { };
+    };
+  };
+  # The same system with systemd-boot (what NixOS' systemd-boot module sets).
+  configSystemdBoot = config // {
+    boot.loader = {
+      grub.enable = false;
+      systemd-boot.enable = true;
+    };
+  };
+  configNoLoader = config // {
+    boot.loader.grub.enable = false;
+  };
+  configLimine = config // {
+    boot.loader = {
+      grub.enable = false;
+      limine.enable = true;
+    };
+  };
+}

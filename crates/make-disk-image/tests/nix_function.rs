@@ -1,0 +1,517 @@
+//! Issue 8: nix/make-disk-image.nix, the drop-in for nixpkgs' make-disk-image.nix,
+//! evaluated and built by real Nix (Debian's nix-bin) against the stand-in pkgs, lib and
+//! config of tests/nix/stand-in.nix (there is no nixpkgs here), with the sandbox off, in a
+//! throw-away store. The images it makes are checked by e2fsck, debugfs and, as root, by
+//! real Nix on the mounted image (`nix-store --verify --check-contents`).
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A throw-away Nix store at the real store path /nix/store, seen only by the commands run
+/// through it: each runs in a fresh mount namespace where a temporary folder is
+/// bind-mounted over /nix. (A "chroot store", `--store DIR`, would force Nix's sandbox on;
+/// another store directory would give store paths outside /nix/store.) Root needs only the
+/// mount namespace; other users get a user namespace as well.
+struct NixStore {
+    dir: tempfile::TempDir,
+}
+
+impl NixStore {
+    fn new(test: &str) -> Option<NixStore> {
+        for t in ["nix-build", "nix-instantiate", "nix-store", "jq", "unshare", "debugfs", "e2fsck"] {
+            if !tool_exists(t) {
+                eprintln!(
+                    "SKIP {test}: '{t}' not found (apt-get install nix-bin jq e2fsprogs util-linux); CI has them"
+                );
+                return None;
+            }
+        }
+        if !Path::new("/nix").is_dir() {
+            eprintln!(
+                "SKIP {test}: no /nix folder to mount the throw-away store on (apt-get install nix-bin makes it)"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["nix", "conf", "home"] {
+            fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        // Only our settings: no daemon, no sandbox, no substituters, no build users.
+        fs::write(
+            dir.path().join("conf/nix.conf"),
+            "build-users-group =\nsandbox = false\nsubstitute = false\nsubstituters =\nrequire-sigs = false\n\
+             experimental-features = nix-command\nwarn-dirty = false\nmax-jobs = 2\ncores = 1\n",
+        )
+        .unwrap();
+        let store = NixStore { dir };
+        let probe = store.run::<&str>("true", &[]);
+        if !probe.status.success() {
+            eprintln!(
+                "SKIP {test}: cannot mount a throw-away store over /nix in a new namespace (user namespaces disabled?): {}",
+                String::from_utf8_lossy(&probe.stderr)
+            );
+            return None;
+        }
+        Some(store)
+    }
+
+    fn run<S: AsRef<OsStr>>(&self, prog: &str, args: &[S]) -> Output {
+        let d = self.dir.path();
+        let mut c = Command::new("unshare");
+        if !is_root() {
+            c.args(["--user", "--map-root-user"]);
+        }
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c", "mount --bind \"$0\" /nix && exec \"$@\""])
+            .arg(d.join("nix"))
+            .arg(prog)
+            .args(args)
+            .env("NIX_CONF_DIR", d.join("conf"))
+            .env("NIX_USER_CONF_FILES", d.join("conf/nix.conf"))
+            .env("HOME", d.join("home"))
+            .env("XDG_CACHE_HOME", d.join("home/.cache"));
+        for v in ["NIX_REMOTE", "NIX_PATH", "NIX_STORE_DIR", "NIX_STATE_DIR", "NIX_LOG_DIR", "NIX_STORE"] {
+            c.env_remove(v);
+        }
+        c.output().unwrap_or_else(|e| panic!("run unshare: {e}"))
+    }
+
+    /// Runs a Nix command that must succeed; its stdout.
+    fn ok<S: AsRef<OsStr>>(&self, prog: &str, args: &[S]) -> String {
+        let o = self.run(prog, args);
+        let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+        assert!(o.status.success(), "{prog} {shown:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The arguments that select the test cases (tests/nix/cases.nix) for the binary under test.
+    fn cases() -> Vec<String> {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nix/cases.nix");
+        vec![file.to_string_lossy().into_owned(), "--argstr".into(), "mdiBin".into(), bin().into()]
+    }
+
+    /// `nix-build -A attr`: the output path (/nix/store/...).
+    fn build(&self, attr: &str) -> String {
+        let mut args = Self::cases();
+        args.extend(["--no-out-link".into(), "-A".into(), attr.into()]);
+        let out = self.ok("nix-build", &args);
+        out.lines().last().unwrap_or_default().to_string()
+    }
+
+    /// `nix-instantiate --eval --strict --json -A attr`.
+    fn eval(&self, attr: &str) -> Value {
+        let out = self.ok("nix-instantiate", &self.eval_args(attr));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{attr}: {e}: {out}"))
+    }
+
+    fn eval_args(&self, attr: &str) -> Vec<String> {
+        let mut args = Self::cases();
+        args.extend(["--eval".into(), "--strict".into(), "--json".into(), "-A".into(), attr.into()]);
+        args
+    }
+
+    /// Where a store path of the throw-away store is on the host.
+    fn host(&self, store_path: &str) -> PathBuf {
+        self.dir.path().join("nix").join(store_path.strip_prefix("/nix/").expect("a /nix/store path"))
+    }
+}
+
+impl Drop for NixStore {
+    fn drop(&mut self) {
+        // Nix leaves store folders read-only; a user other than root could not delete them.
+        let _ = Command::new("chmod").arg("-R").arg("u+w").arg(self.dir.path()).status();
+    }
+}
+
+fn debugfs(img: &Path, request: &str) -> String {
+    let o = Command::new("debugfs").args(["-R", request]).arg(img).output().expect("debugfs");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Names in a folder of the image (debugfs `ls -p`: /inode/mode/uid/gid/name/size/).
+fn ls(img: &Path, dir: &str) -> BTreeSet<String> {
+    debugfs(img, &format!("ls -p {dir}"))
+        .lines()
+        .filter_map(|l| l.split('/').nth(5).map(str::to_string))
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .collect()
+}
+
+/// (permission bits, uid, gid) of a path in the image, from debugfs `stat`.
+fn stat(img: &Path, path: &str) -> (u32, u32, u32) {
+    let out = debugfs(img, &format!("stat {path}"));
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let after = |key: &str| {
+        let i = words.iter().position(|w| *w == key).unwrap_or_else(|| panic!("no '{key}' for {path}: {out}"));
+        words[i + 1]
+    };
+    (
+        u32::from_str_radix(after("Mode:"), 8).unwrap() & 0o7777,
+        after("User:").parse().unwrap(),
+        after("Group:").parse().unwrap(),
+    )
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    fs::read_to_string(p).unwrap().lines().map(str::to_string).collect()
+}
+
+fn basename(p: &str) -> String {
+    p.trim_start_matches("/nix/store/").to_string()
+}
+
+/// `$out` holds exactly these names; hydra-build-products is nixpkgs' line; manifest.json
+/// parses. Returns the manifest.
+fn check_out(store: &NixStore, out: &str, file: &str, extra: &[&str]) -> Value {
+    let dir = store.host(out);
+    let mut names: Vec<String> =
+        fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let mut want: Vec<String> =
+        [file, "manifest.json", "nix-support"].iter().chain(extra).map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(names, want, "$out of {out}");
+    assert_eq!(
+        fs::read_to_string(dir.join("nix-support/hydra-build-products")).unwrap(),
+        format!("file raw-image {out}/{file}\n"),
+        "hydra-build-products as nixpkgs writes it"
+    );
+    let manifest: Value = serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["image"]["file"], file);
+    manifest
+}
+
+/// Real Nix on the mounted image (root only): `root` is a Nix root (root/nix/store and
+/// root/nix/var/nix/db) under a writable overlay, since Nix writes locks and .links.
+fn with_overlay<T>(lower: &Path, at: &Path, f: impl FnOnce(&Path) -> T) -> T {
+    let t = tempfile::tempdir().unwrap();
+    let (upper, work) = (t.path().join("upper"), t.path().join("work"));
+    for d in [&upper, &work, &at.to_path_buf()] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    assert!(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(at).status().unwrap().success());
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(at)));
+    Command::new("umount").arg(at).status().unwrap();
+    r.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+fn nix_on(root: &Path, args: &[&str]) -> Output {
+    Command::new("nix-store").arg("--store").arg(format!("local?root={}", root.display())).args(args).output().unwrap()
+}
+
+fn verify_ok(root: &Path) {
+    let v = nix_on(root, &["--verify", "--check-contents"]);
+    let err = String::from_utf8_lossy(&v.stderr);
+    assert!(v.status.success() && !err.contains("error") && !err.contains("modified"), "nix-store --verify: {err}");
+}
+
+#[test]
+fn store_only_image() {
+    let Some(store) = NixStore::new("store_only_image") else { return };
+    let out = store.build("storeOnly");
+    let ci = store.build("storeOnly.closureInfo");
+    let manifest = check_out(&store, &out, "store.img", &[]);
+    assert_eq!(manifest["spec"]["onlyNixStore"], true);
+    assert_eq!(manifest["filesystems"][0]["label"], "nix-store");
+    // Unlike a full image, a store image does not take the root's default UUID.
+    assert_ne!(manifest["filesystems"][0]["uuid"], "f222513b-ded1-49fa-b591-20ce86a2fe7f");
+
+    // The closure: the system, its packages, the additional path; no channel (copyChannel = false).
+    let paths = lines(&store.host(&ci).join("store-paths"));
+    let expect = store.eval("expect");
+    let mut closure: Vec<String> = ["toplevel", "greeter", "hello", "kernel", "initrd", "extra"]
+        .iter()
+        .map(|p| expect[p].as_str().unwrap().to_string())
+        .collect();
+    closure.sort();
+    assert_eq!(paths, closure, "closureInfo lists the store paths sorted");
+
+    let img = store.host(&out).join("store.img");
+    e2fsck_clean(&img);
+    let mut want: BTreeSet<String> = paths.iter().map(|p| basename(p)).collect();
+    want.insert("lost+found".into());
+    assert_eq!(ls(&img, "/"), want, "the filesystem root is the store");
+
+    if skip_unless_root("store_only_image: nix-store --verify on the mounted image") {
+        return;
+    }
+    let m = Mount::new(&img);
+    let nixroot = tempfile::tempdir().unwrap();
+    with_overlay(m.path(), &nixroot.path().join("nix/store"), |_| {
+        let load = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "nix-store --store 'local?root={}' --load-db < '{}'",
+                nixroot.path().display(),
+                store.host(&ci).join("registration").display()
+            ))
+            .output()
+            .unwrap();
+        assert!(load.status.success(), "load-db: {}", String::from_utf8_lossy(&load.stderr));
+        verify_ok(nixroot.path());
+    });
+}
+
+#[test]
+fn full_image_of_a_stand_in_system() {
+    let Some(store) = NixStore::new("full_image_of_a_stand_in_system") else { return };
+    let out = store.build("full");
+    let ci = store.build("full.closureInfo");
+    let expect = store.eval("expect");
+    let toplevel = expect["toplevel"].as_str().unwrap();
+    let manifest = check_out(&store, &out, "nixos.img", &["post-vm"]);
+
+    // postVM ran once, in the builder, after the image, with nixpkgs' variables and helpers.
+    assert_eq!(
+        fs::read_to_string(store.host(&out).join("post-vm")).unwrap(),
+        format!("{out}/nixos.img 268435456 256MiB 1536\n")
+    );
+    assert!(manifest["spec"]["postVM"].is_null(), "postVM runs in the builder, not in the program");
+    // Nix rebuilds it and finds the same bytes (`nix-build --check` fails on any difference).
+    let mut check = NixStore::cases();
+    check.extend(["--no-out-link".into(), "--check".into(), "-A".into(), "full".into()]);
+    store.ok("nix-build", &check);
+    // An ordinary derivation: no system feature (kvm) asked for.
+    let drv = store.ok("nix-store", &["-q", "--deriver", &out]);
+    let o = store.run("nix-store", &["-q", "--binding", "requiredSystemFeatures", drv.trim()]);
+    assert!(!o.status.success(), "requiredSystemFeatures is set: {}", String::from_utf8_lossy(&o.stdout));
+
+    // closureInfo: toplevel + channel + additionalPaths (the toplevel given again counts once).
+    let paths = lines(&store.host(&ci).join("store-paths"));
+    let channel = manifest["spec"]["channel"].as_str().unwrap().to_string();
+    assert!(channel.ends_with("-nixos-25.05.standin"), "{channel}");
+    for p in [toplevel, expect["extra"].as_str().unwrap(), &channel] {
+        assert!(paths.iter().any(|q| q == p), "{p} in the closure");
+    }
+    assert_eq!(manifest["spec"]["additionalPaths"], serde_json::json!([expect["extra"]]));
+    let chan = store.host(&channel).join("nixos");
+    assert_eq!(fs::read_to_string(chan.join(".version-suffix")).unwrap(), ".standin");
+    assert_eq!(fs::read_link(chan.join("nixpkgs")).unwrap(), Path::new("."));
+    assert!(chan.join("lib/README").is_file());
+
+    // The root filesystem (legacy layout: partition 1), cut out for e2fsck and debugfs.
+    let fs_m = &manifest["filesystems"][0];
+    let (off, size) = (fs_m["offset"].as_u64().unwrap(), fs_m["size"].as_u64().unwrap());
+    assert_eq!((manifest["partitionTableType"].as_str(), off), (Some("legacy"), 1 << 20));
+    let t = tempfile::tempdir().unwrap();
+    let root_fs = t.path().join("root.ext4");
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = fs::File::open(store.host(&out).join("nixos.img")).unwrap();
+        f.seek(SeekFrom::Start(off)).unwrap();
+        let mut w = fs::File::create(&root_fs).unwrap();
+        assert_eq!(std::io::copy(&mut f.take(size), &mut w).unwrap(), size);
+    }
+    e2fsck_clean(&root_fs);
+    let in_store = ls(&root_fs, "/nix/store");
+    for p in &paths {
+        assert!(in_store.contains(&basename(p)), "{p} in the image's store");
+    }
+
+    // contents: user/group names resolved from config.users, modes, globs, path sources.
+    assert_eq!(stat(&root_fs, "/etc/motd"), (0o640, 1000, 50));
+    assert_eq!(debugfs(&root_fs, "cat /etc/motd"), "hello, the documentation\n");
+    assert_eq!(stat(&root_fs, "/opt/greeter/bin/greet").1, 0);
+    assert_eq!(ls(&root_fs, "/opt/greeter/bin"), BTreeSet::from(["greet".to_string()]));
+    assert_eq!(ls(&root_fs, "/usr/share/doc/hello"), BTreeSet::from(["NOTES".to_string(), "README".to_string()]));
+    assert_eq!(debugfs(&root_fs, "cat /usr/share/doc/hello/NOTES"), "hello, the notes\n");
+    assert_eq!(stat(&root_fs, "/etc/fixture.nix").0, 0o600);
+    let config_nix =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nix/configuration.nix")).unwrap();
+    assert_eq!(debugfs(&root_fs, "cat /etc/fixture.nix"), config_nix);
+    assert_eq!(debugfs(&root_fs, "cat /etc/nixos/configuration.nix"), config_nix, "configFile");
+
+    if skip_unless_root("full_image_of_a_stand_in_system: nix-store --verify on the mounted image") {
+        return;
+    }
+    let m = Mount::new(&root_fs);
+    let root = t.path().join("root");
+    with_overlay(m.path(), &root, |root| {
+        verify_ok(root);
+        // The image's Nix database says what the build's Nix says, for the system's closure.
+        let q = |r: Option<&Path>, args: &[&str]| -> Vec<String> {
+            let s = match r {
+                Some(r) => {
+                    let o = nix_on(r, args);
+                    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+                    String::from_utf8_lossy(&o.stdout).into_owned()
+                }
+                None => store.ok("nix-store", args),
+            };
+            let mut v: Vec<String> = s.lines().map(str::to_string).collect();
+            v.sort();
+            v
+        };
+        let req = q(Some(root), &["-q", "--requisites", toplevel]);
+        assert_eq!(req, q(None, &["-q", "--requisites", toplevel]), "requisites of the system");
+        for p in &req {
+            assert_eq!(q(Some(root), &["-q", "--hash", p]), q(None, &["-q", "--hash", p]), "{p}: hash");
+            assert_eq!(q(Some(root), &["-q", "--references", p]), q(None, &["-q", "--references", p]), "{p}: refs");
+        }
+        assert_eq!(fs::read_link(root.join("nix/var/nix/profiles/system-1-link")).unwrap(), Path::new(toplevel));
+        assert!(root.join("etc/NIXOS").exists());
+    });
+}
+
+#[test]
+fn spec_keys_for_each_boot_loader_and_user() {
+    let Some(store) = NixStore::new("spec_keys_for_each_boot_loader_and_user") else { return };
+    let specs = store.eval("specs");
+    let expect = store.eval("expect");
+    let s = |k: &str| &specs[k];
+    let keys = |k: &str| -> BTreeSet<String> { s(k).as_object().unwrap().keys().cloned().collect() };
+
+    // systemd-boot: its EFI binary from config.systemd.package; the EFI variable template.
+    let sd = s("systemdBoot");
+    assert_eq!(sd["bootLoader"], "systemd-boot");
+    assert_eq!(sd["installBootLoader"], true);
+    assert_eq!(sd["systemdBoot"], expect["systemdBoot"]);
+    assert_eq!((&sd["touchEFIVars"], &sd["efiVariables"]), (&Value::Bool(true), &expect["ovmfVars"]));
+    assert_eq!((&sd["format"], &sd["formatOptions"]["compression"]), (&"qcow2-compressed".into(), &"zstd".into()));
+    assert!(sd.get("grub").is_none());
+
+    // GRUB: BIOS modules from config.system.build.grub, EFI ones from pkgs.grub2.override { efiSupport = true; }.
+    let grub = expect["grub"].as_str().unwrap();
+    let grub_efi = expect["grubEfi"].as_str().unwrap();
+    let gl = s("grubLegacy");
+    assert_eq!((gl["bootLoader"].as_str(), gl["installBootLoader"].as_bool()), (Some("grub"), Some(true)));
+    assert_eq!(gl["grub"], format!("{grub}/lib/grub"));
+    assert_eq!(gl["grubMkimage"], format!("{grub}/bin/grub-mkimage"));
+    assert_eq!(s("grubEfi")["grub"], format!("{grub_efi}/lib/grub"));
+    assert_eq!(s("grubEfi")["grubMkimage"], format!("{grub_efi}/bin/grub-mkimage"));
+    let hybrid = s("grubHybrid")["grub"].as_str().unwrap();
+    assert!(hybrid.ends_with("-grub-modules"), "{hybrid}");
+    // That one folder holds both module folders.
+    let both = store.build("grubHybridModules");
+    assert_eq!(fs::read_to_string(store.host(&both)).unwrap(), "boot.img\nnormal.mod\n");
+
+    // No loader enabled, or installBootLoader = false: none installed.
+    for k in ["noLoader", "noInstall"] {
+        assert_eq!(s(k)["installBootLoader"], false, "{k}");
+        assert!(s(k).get("bootLoader").is_none(), "{k}");
+    }
+    // The default: nixpkgs' values, the system, the channel; nothing the program would not know.
+    assert_eq!(gl["system"], expect["toplevel"]);
+    assert_eq!(gl["copyChannel"], true);
+    assert_eq!(gl["rootFSUID"], "F222513B-DED1-49FA-B591-20CE86A2FE7F");
+    assert_eq!(gl["label"], "nixos");
+    assert_eq!(
+        (&gl["diskSize"], &gl["additionalSpace"], &gl["bootSize"]),
+        (&"auto".into(), &"512M".into(), &"256M".into())
+    );
+    let known: BTreeSet<String> = [
+        "format",
+        "formatOptions",
+        "partitionTableType",
+        "diskSize",
+        "additionalSpace",
+        "bootSize",
+        "fsType",
+        "label",
+        "onlyNixStore",
+        "closureInfo",
+        "system",
+        "contents",
+        "additionalPaths",
+        "installBootLoader",
+        "bootLoader",
+        "systemdBoot",
+        "grub",
+        "grubMkimage",
+        "touchEFIVars",
+        "efiVariables",
+        "configFile",
+        "copyChannel",
+        "channel",
+        "deterministic",
+        "rootGPUID",
+        "rootFSUID",
+        "seed",
+        "sourceDateEpoch",
+        "baseName",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for k in specs.as_object().unwrap().keys() {
+        let extra: Vec<_> = keys(k).difference(&known).cloned().collect();
+        assert!(extra.is_empty(), "{k}: keys {extra:?}");
+    }
+
+    // Store-only: no system, channel, rootFSUID (seed-derived) or boot loader.
+    let so = keys("storeOnly");
+    for k in ["system", "copyChannel", "channel", "rootFSUID", "bootLoader"] {
+        assert!(!so.contains(k), "storeOnly has {k}");
+    }
+
+    // contents: names with an id in config.users become numbers, others stay names.
+    let c = &s("contents")["contents"];
+    let owner = |i: usize| (c[i]["user"].clone(), c[i]["group"].clone());
+    assert_eq!(owner(0), (1000.into(), 50.into()));
+    assert_eq!(owner(1), ("bob".into(), "wheel".into()));
+    assert_eq!(owner(2), ("carol".into(), 0.into()));
+    assert_eq!(owner(3), (Value::Null, Value::Null));
+    assert_eq!(c[0]["source"], expect["hello"]);
+
+    // memSize (and efiFirmware) change nothing; the flake's lib.makeDiskImage is this
+    // function; package.nix evaluates.
+    assert_eq!(store.eval("memSizeIgnored"), true);
+    assert_eq!(store.eval("flakeLib"), true);
+    let pkg = store.eval("package");
+    assert_eq!(
+        (pkg["pname"].as_str(), pkg["mainProgram"].as_str()),
+        (Some("make-disk-image"), Some("make-disk-image"))
+    );
+    assert!(pkg["lockFile"].as_str().unwrap().ends_with("/Cargo.lock"));
+    for f in ["flake.nix", "package.nix", "nix/make-disk-image.nix"] {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(f);
+        store.ok("nix-instantiate", &["--parse", p.to_str().unwrap()]);
+    }
+}
+
+#[test]
+fn nixpkgs_assertions_fire_with_nixpkgs_messages() {
+    let Some(store) = NixStore::new("nixpkgs_assertions_fire_with_nixpkgs_messages") else { return };
+    let cases = [
+        ("bad.partitionTableType", "partitionTableType must be one of [\n"),
+        (
+            "bad.rootFSUID",
+            "In deterministic mode with a ext4 partition, rootFSUID must be non-null, by default, it is equal to rootGPUID.",
+        ),
+        (
+            "bad.fsType",
+            "to produce a partition table, we need to use -E offset flag which is support only for fsType = ext4",
+        ),
+        (
+            "bad.touchEFIVars",
+            "EFI variables can be used only with a partition table of type: hybrid, efi, efixbootldr, or legacy+gpt.",
+        ),
+        (
+            "bad.onlyNixStoreContents",
+            "In a only Nix store image, the contents must be empty, no configuration must be provided and no bootloader should be installed.",
+        ),
+        (
+            "bad.onlyNixStoreBootLoader",
+            "In a only Nix store image, the contents must be empty, no configuration must be provided and no bootloader should be installed.",
+        ),
+        ("bad.userWithoutGroup", "Contents of the disk image should set none of {user, group} or both at the same time."),
+        ("limine", "make-disk-image: boot.loader.limine cannot be installed without a VM; use systemd-boot or GRUB"),
+    ];
+    for (attr, msg) in cases {
+        let o = store.run("nix-instantiate", &store.eval_args(attr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{attr} evaluated: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(err.contains(&format!("error: {msg}")), "{attr}: {err}");
+    }
+    assert!(String::from_utf8_lossy(&store.run("nix-instantiate", &store.eval_args("bad.partitionTableType")).stderr)
+        .contains("], but is: \"gpt\""));
+    // What nixpkgs allows still evaluates.
+    let good = store.eval("good");
+    assert_eq!(good.as_object().unwrap().len(), 3);
+}
