@@ -240,6 +240,10 @@ let
     else
       # No boot loader enabled: NixOS would install none either.
       { installBootLoader = false; };
+  # boot.loader.timeout (null = wait for a key, which a spec cannot say: keep the default).
+  bootTimeoutKeys = optAttrs ((bootLoaderKeys.installBootLoader or false) && (loader.timeout or null) != null) {
+    bootTimeout = loader.timeout;
+  };
 
   # The spec (DESIGN §2.2): nixpkgs' argument names, store paths as strings.
   spec =
@@ -276,7 +280,8 @@ let
     // optAttrs (formatOptions != { }) { inherit formatOptions; }
     // optAttrs (seed != null) { inherit seed; }
     // optAttrs (sourceDateEpoch != null) { inherit sourceDateEpoch; }
-    // bootLoaderKeys;
+    // bootLoaderKeys
+    // bootTimeoutKeys;
 
   # postVM runs here, in the builder's shell, once the program has written $out (and
   # never in the program: the spec has no postVM). It sees what nixpkgs' postVM sees that

@@ -372,6 +372,7 @@ fn spec_keys_for_each_boot_loader_and_user() {
     assert_eq!(sd["bootLoader"], "systemd-boot");
     assert_eq!(sd["installBootLoader"], true);
     assert_eq!(sd["systemdBoot"], expect["systemdBoot"]);
+    assert_eq!(sd["bootTimeout"], 3, "boot.loader.timeout");
     assert_eq!((&sd["touchEFIVars"], &sd["efiVariables"]), (&Value::Bool(true), &expect["ovmfVars"]));
     assert_eq!((&sd["format"], &sd["formatOptions"]["compression"]), (&"qcow2-compressed".into(), &"zstd".into()));
     assert!(sd.get("grub").is_none());
@@ -426,6 +427,7 @@ fn spec_keys_for_each_boot_loader_and_user() {
         "grubMkimage",
         "touchEFIVars",
         "efiVariables",
+        "bootTimeout",
         "configFile",
         "copyChannel",
         "channel",

@@ -422,6 +422,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             boot::Loader::SystemdBoot => "systemd-boot",
             boot::Loader::Grub => "grub",
         }),
+        "efiLoader": installed.as_ref().and_then(|i| i.efi_entry.as_ref()).map(|(path, _)| path),
         "partitions": partitions,
         "filesystems": filesystems,
         "sourceDateEpoch": sde,

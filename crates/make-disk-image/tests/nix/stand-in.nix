@@ -201,6 +201,7 @@ rec {
     boot.loader = {
       grub.enable = false;
       systemd-boot.enable = true;
+      timeout = 3;
     };
   };
   configNoLoader = config // {
