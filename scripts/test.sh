@@ -10,9 +10,20 @@ if [ "$(id -u)" = 0 ]; then
   # e2fsprogs: e2fsck, debugfs, dumpe2fs; attr/acl: getfattr, getfacl; util-linux:
   # mount, losetup, blkid; fdisk: sfdisk; gdisk: sgdisk; dosfstools: fsck.fat; mtools:
   # mdir, mcopy; qemu-utils: qemu-img; sqlite3; nix-bin + jq: the store corpus (../shared/corpus).
+  # Boot tests (issue 6): grub-pc-bin + grub-efi-amd64-bin + grub-common (grub-mkimage),
+  # systemd-boot-efi, ovmf, qemu-system-x86, linux-image-cloud-amd64 + busybox-static + cpio
+  # (the stand-in system), python3-pip (virt-fw-vars from PyPI's virt-firmware).
+  # Other root filesystems (issue 5): btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot.
   apt-get install -y -qq --no-install-recommends \
     e2fsprogs attr acl util-linux mount fdisk gdisk dosfstools mtools qemu-utils sqlite3 \
-    nix-bin jq ca-certificates >/dev/null
+    nix-bin jq ca-certificates \
+    grub-pc-bin grub-efi-amd64-bin grub-common systemd-boot-efi ovmf qemu-system-x86 \
+    linux-image-cloud-amd64 busybox-static cpio python3-pip \
+    btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot >/dev/null
+  if ! command -v virt-fw-vars >/dev/null; then
+    python3 -m pip install -q --break-system-packages virt-firmware 2>/dev/null \
+      || python3 -m pip install -q virt-firmware
+  fi
 else
   echo "note: not root; the tests that need loop mounts, mknod or the Nix corpus will say SKIP" >&2
 fi
