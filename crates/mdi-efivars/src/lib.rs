@@ -11,6 +11,21 @@
 //!
 //! [`add_boot_entry`] is the one call an image build needs: a `Boot####` load option
 //! (UEFI 2.10 §3.1.3) for a file on a GPT partition, placed first in `BootOrder`.
+//!
+//! ```no_run
+//! let template = std::fs::read("/usr/share/OVMF/OVMF_VARS_4M.fd")?;
+//! let entry = mdi_efivars::BootEntry {
+//!     number: 1,
+//!     description: "NixOS".into(),
+//!     partition_number: 1,
+//!     partition_start_lba: 2048,
+//!     partition_size_lba: 524_288,
+//!     partition_guid: [0x11; 16], // RFC 4122 order, e.g. mdi_ident::Uuid.0
+//!     loader_path: r"\EFI\systemd\systemd-bootx64.efi".into(),
+//! };
+//! std::fs::write("efi-vars.fd", mdi_efivars::add_boot_entry(&template, &entry)?)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -134,7 +149,7 @@ pub fn add_boot_entry(template: &[u8], entry: &BootEntry) -> Result<Vec<u8>> {
     let option = entry.load_option()?;
     let mut order = vec![entry.number];
     if let Some(old) = store.get("BootOrder", Guid::EFI_GLOBAL_VARIABLE) {
-        if old.data.len() % 2 != 0 {
+        if !old.data.len().is_multiple_of(2) {
             return Err(Error::Corrupt {
                 offset: 0,
                 what: format!("the existing BootOrder has {} bytes, not a list of 16-bit numbers", old.data.len()),

@@ -289,7 +289,7 @@ fn align_up(n: usize) -> usize {
 }
 
 fn is_nul_terminated_utf16(name: &[u8]) -> bool {
-    name.len() >= 4 && name.len() % 2 == 0 && name[name.len() - 2..] == [0, 0]
+    name.len() >= 4 && name.len().is_multiple_of(2) && name[name.len() - 2..] == [0, 0]
 }
 
 /// `name` as stored: UTF-16LE with a terminating NUL.
@@ -325,7 +325,7 @@ pub struct Variable {
 /// An edk2/OVMF variable-store file, decoded: firmware volume header, variable store
 /// header, every variable record, and the bytes after the store (fault-tolerant-write
 /// working block and spare area), which are written back untouched.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct VarStore {
     fv: FirmwareVolumeHeader,
     header: VariableStoreHeader,
@@ -336,6 +336,19 @@ pub struct VarStore {
     records: Vec<Record>,
     /// Everything after the variable store, to the end of the input.
     tail: Vec<u8>,
+}
+
+impl std::fmt::Debug for VarStore {
+    /// A summary: the tail alone is hundreds of KiB.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VarStore")
+            .field("kind", &self.kind)
+            .field("store_size", &self.header.size)
+            .field("records", &self.records.len())
+            .field("live", &self.live().len())
+            .field("tail_len", &self.tail.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl VarStore {
@@ -368,10 +381,8 @@ impl VarStore {
         let mut records: Vec<Record> = Vec::new();
         let mut pos = first;
         while let Some((r, next)) = Record::parse(b, pos, store_end, kind)? {
-            if r.state == state::ADDED {
-                if records.iter().any(|o| o.state == state::ADDED && o.same_variable(&r)) {
-                    return Err(corrupt(pos, format!("variable {} is stored twice as live", decode_name(&r.name))));
-                }
+            if r.state == state::ADDED && records.iter().any(|o| o.state == state::ADDED && o.same_variable(&r)) {
+                return Err(corrupt(pos, format!("variable {} is stored twice as live", decode_name(&r.name))));
             }
             records.push(r);
             pos = next;
@@ -744,7 +755,10 @@ pub(crate) mod tests {
         let err = |f: &dyn Fn(&mut Vec<u8>)| {
             let mut b = good.clone();
             f(&mut b);
-            VarStore::parse(&b).err().expect("the damage is noticed").to_string()
+            match VarStore::parse(&b) {
+                Ok(_) => panic!("the damage went unnoticed"),
+                Err(e) => e.to_string(),
+            }
         };
         assert!(err(&|b| b[0x48] ^= 1).contains("variable store signature"));
         assert!(err(&|b| b[0x48 + 0x14] = 0xff).contains("not formatted"));
