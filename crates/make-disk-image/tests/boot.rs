@@ -214,6 +214,52 @@ fn qcow2_and_vhd_boot() {
     }
 }
 
+/// touchEFIVars: with the removable path deleted from the ESP, only our Boot0001 entry in
+/// efi-vars.fd can lead OVMF to systemd-boot; virt-fw-vars shows the entry.
+#[test]
+fn efi_vars_entry_boots_without_the_removable_path() {
+    let Some(sys) = system() else { return };
+    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (out, marker) =
+        build_image(sys, &t.path().join("efivars"), &["--partition-table-type", "efi", "--touch-efi-vars", "true"]);
+    let img = out.join("nixos.img");
+    let vars = out.join("efi-vars.fd");
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let esp = m["filesystems"].as_array().unwrap().iter().find(|f| f["label"] == "ESP").unwrap();
+    let esp_off = esp["offset"].as_u64().unwrap();
+    let o = Command::new("mdel")
+        .arg("-i")
+        .arg(format!("{}@@{esp_off}", img.display()))
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mdel: {}", String::from_utf8_lossy(&o.stderr));
+    let log = boot(&img, "raw", Firmware::Uefi(&vars), &marker);
+    check_cmdline(&log, sys);
+    // OVMF names the device path it starts: HD(number,GPT,GUID,start,size)/File.
+    let p = &m["partitions"][0];
+    let hd = format!(
+        "HD(1,GPT,{},0x{:X},0x{:X})/\\EFI\\systemd\\systemd-bootx64.efi",
+        p["guid"].as_str().unwrap().to_uppercase(),
+        p["start"].as_u64().unwrap() / 512,
+        p["size"].as_u64().unwrap() / 512
+    );
+    assert!(
+        log.contains("Boot0001 \"Linux Boot Manager\"") && log.contains(&hd),
+        "OVMF did not start our entry {hd}:\n{log}"
+    );
+    if tool_exists("virt-fw-vars") {
+        let o = Command::new("virt-fw-vars").arg("-i").arg(&vars).arg("--print").arg("--verbose").output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{text}");
+        assert!(text.contains("Boot0001"), "{text}");
+        assert!(text.contains("\\EFI\\systemd\\systemd-bootx64.efi"), "{text}");
+        assert!(text.contains("boot order: 0001"), "{text}");
+    } else {
+        eprintln!("SKIP virt-fw-vars check: not installed (pip install virt-firmware)");
+    }
+}
+
 /// The systemd-boot files land where NixOS puts them (checked with mtools on the ESP).
 #[test]
 fn systemd_boot_files_on_the_esp() {

@@ -412,3 +412,37 @@ mod tests {
         assert_eq!(date(1_795_651_200), "2026-11-26");
     }
 }
+
+/// Debian's OVMF variable-store template (package ovmf), the default `efiVariables`.
+const DEBIAN_OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// `efi-vars.fd` for touchEFIVars: the template with a Boot0001 load option for the
+/// installed EFI loader (HD(ESP)/File(loader)) first in BootOrder, as `bootctl install` or
+/// `grub-install` would leave it; the template unchanged when no EFI loader is installed.
+pub fn efi_vars(spec: &Spec, plan: &Plan, installed: Option<&Installed>) -> Result<Vec<u8>> {
+    let path = spec.efi_variables.clone().unwrap_or_else(|| PathBuf::from(DEBIAN_OVMF_VARS));
+    let template = std::fs::read(&path).with_context(|| {
+        format!(
+            "efiVariables '{}' cannot be read; give an OVMF_VARS.fd template (Debian: package ovmf)",
+            path.display()
+        )
+    })?;
+    let Some((loader_path, description)) = installed.and_then(|i| i.efi_entry.as_ref()) else {
+        // Checked like an installed store would be, so a wrong file fails here, not at boot.
+        mdi_efivars::VarStore::parse(&template)
+            .with_context(|| format!("efiVariables '{}' is not an OVMF variable store", path.display()))?;
+        return Ok(template);
+    };
+    let (_, esp) = fat_mount(plan, "ESP").expect("an EFI loader is only installed with an ESP");
+    let entry = mdi_efivars::BootEntry {
+        number: 1,
+        description: description.clone(),
+        partition_number: esp.number,
+        partition_start_lba: esp.start / 512,
+        partition_size_lba: (esp.end.expect("fixed") - esp.start) / 512,
+        partition_guid: esp.guid.0,
+        loader_path: loader_path.clone(),
+    };
+    mdi_efivars::add_boot_entry(&template, &entry)
+        .with_context(|| format!("adding the boot entry to efiVariables '{}'", path.display()))
+}

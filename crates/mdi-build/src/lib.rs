@@ -422,12 +422,14 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             boot::Loader::SystemdBoot => "systemd-boot",
             boot::Loader::Grub => "grub",
         }),
+        "efiVars": spec.touch_efi_vars.then_some("efi-vars.fd"),
         "efiLoader": installed.as_ref().and_then(|i| i.efi_entry.as_ref()).map(|(path, _)| path),
         "partitions": partitions,
         "filesystems": filesystems,
         "sourceDateEpoch": sde,
         "spec": spec,
     });
+    let efi_vars = if spec.touch_efi_vars { Some(boot::efi_vars(spec, &plan, installed.as_ref())?) } else { None };
     let write_small = |name: &str, text: String| -> Result<()> {
         let p = out_dir.join(name);
         if let Some(parent) = p.parent() {
@@ -442,6 +444,12 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     let fmt_name = if spec.format == "qcow2-compressed" { "qcow2" } else { spec.format.as_str() };
     write_small("manifest.json", serde_json::to_string_pretty(&manifest)? + "\n")?;
     write_small("nix-support/hydra-build-products", format!("file {fmt_name}-image {}\n", final_path.display()))?;
+    if let Some(vars) = efi_vars {
+        let t = tempfile::NamedTempFile::new_in(&out_dir)?;
+        std::fs::write(t.path(), vars)?;
+        std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        t.persist(out_dir.join("efi-vars.fd")).map_err(|e| e.error)?;
+    }
     // tempfile creates 0600; an image is an ordinary build product.
     std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     tmp.persist(&final_path)
