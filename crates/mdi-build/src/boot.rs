@@ -400,19 +400,6 @@ pub fn bios_writes(code: &BiosCode, mbr: &[u8; 512]) -> Result<Vec<(u64, Vec<u8>
     Ok(vec![(0, sector0.to_vec()), (code.core_offset, code.core_img.clone())])
 }
 
-#[cfg(test)]
-mod tests {
-    use super::date;
-
-    #[test]
-    fn dates() {
-        assert_eq!(date(0), "1970-01-01");
-        assert_eq!(date(1), "1970-01-01");
-        assert_eq!(date(951_782_400), "2000-02-29");
-        assert_eq!(date(1_795_651_200), "2026-11-26");
-    }
-}
-
 /// Debian's OVMF variable-store template (package ovmf), the default `efiVariables`.
 const DEBIAN_OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
@@ -445,4 +432,17 @@ pub fn efi_vars(spec: &Spec, plan: &Plan, installed: Option<&Installed>) -> Resu
     };
     mdi_efivars::add_boot_entry(&template, &entry)
         .with_context(|| format!("adding the boot entry to efiVariables '{}'", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::date;
+
+    #[test]
+    fn dates() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(1), "1970-01-01");
+        assert_eq!(date(951_782_400), "2000-02-29");
+        assert_eq!(date(1_795_651_200), "2026-11-26");
+    }
 }
