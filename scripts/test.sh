@@ -14,12 +14,13 @@ if [ "$(id -u)" = 0 ]; then
   # systemd-boot-efi, ovmf, qemu-system-x86, linux-image-cloud-amd64 + busybox-static + cpio
   # (the stand-in system), python3-pip (virt-fw-vars from PyPI's virt-firmware).
   # Other root filesystems (issue 5): btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot.
+  # faketime: the reproducibility matrix builds under another wall clock (issue 7).
   apt-get install -y -qq --no-install-recommends \
     e2fsprogs attr acl util-linux mount fdisk gdisk dosfstools mtools qemu-utils sqlite3 \
     nix-bin jq ca-certificates \
     grub-pc-bin grub-efi-amd64-bin grub-common systemd-boot-efi ovmf qemu-system-x86 \
     linux-image-cloud-amd64 busybox-static cpio python3-pip \
-    btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot >/dev/null
+    btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot faketime >/dev/null
   if ! command -v virt-fw-vars >/dev/null; then
     python3 -m pip install -q --break-system-packages virt-firmware 2>/dev/null \
       || python3 -m pip install -q virt-firmware

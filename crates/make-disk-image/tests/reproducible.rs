@@ -1,0 +1,358 @@
+//! Issue 7 §1, DESIGN §5: every layout × every format × (no boot loader, GRUB,
+//! systemd-boot) of a real NixOS-like system (tests/boot/make-boot-system.sh, built by real
+//! Nix) gives the same bytes when built again under changed conditions: time zone, umask,
+//! an input copy created in reverse order (other inode numbers and directory order), thread
+//! count, output and working folder, wall clock (faketime) and the user running it.
+//!
+//! Every combination is built twice: once plainly, once with all of the changes at the
+//! same time. A few combinations are also built once per change, so that a difference
+//! would point at its cause. The converse (different seeds give different identifiers but
+//! the same files) closes the file.
+
+mod common;
+use common::*;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+const FORMATS: &[(&str, &str)] = &[
+    ("raw", "img"),
+    ("qcow2", "qcow2"),
+    ("qcow2-compressed", "qcow2"),
+    ("vdi", "vdi"),
+    ("vpc", "vhd"),
+    ("vmdk", "vmdk"),
+    ("vhdx", "vhdx"),
+];
+
+/// Layouts and the boot loaders that fit them.
+const LAYOUTS: &[(&str, &[&str])] = &[
+    ("none", &["none"]),
+    ("legacy", &["none", "grub"]),
+    ("legacy+boot", &["none", "grub"]),
+    ("legacy+gpt", &["none", "grub"]),
+    ("efi", &["none", "grub", "systemd-boot"]),
+    ("efixbootldr", &["none", "grub", "systemd-boot"]),
+    ("hybrid", &["none", "grub", "systemd-boot"]),
+];
+
+/// The changes of DESIGN §5 that a build can be subjected to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Change {
+    TimeZone,
+    Umask,
+    ReverseInput,
+    Threads,
+    Folders,
+    WallClock,
+    User,
+}
+const ALL: &[Change] = &[
+    Change::TimeZone,
+    Change::Umask,
+    Change::ReverseInput,
+    Change::Threads,
+    Change::Folders,
+    Change::WallClock,
+    Change::User,
+];
+
+struct Inputs {
+    /// Copies of the system's chroot store: created in sorted and in reverse order.
+    forward: PathBuf,
+    reverse: PathBuf,
+    closure_info: PathBuf,
+    toplevel: String,
+    /// A world-readable folder for everything, so an unprivileged user can run builds.
+    work: PathBuf,
+    /// The binary, copied where any user can run it.
+    bin: PathBuf,
+}
+
+/// Copies `src` to `dst` creating entries in sorted or reverse-sorted order, keeping
+/// modes, mtimes and symlinks (a store has no other kinds).
+fn copy_ordered(src: &Path, dst: &Path, reverse: bool) {
+    let md = fs::symlink_metadata(src).unwrap();
+    if md.file_type().is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(src).unwrap(), dst).unwrap();
+        return;
+    }
+    if md.is_file() {
+        fs::copy(src, dst).unwrap();
+    } else {
+        fs::create_dir(dst).unwrap();
+        let mut names: Vec<OsString> = fs::read_dir(src).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        if reverse {
+            names.reverse();
+        }
+        for n in names {
+            copy_ordered(&src.join(&n), &dst.join(&n), reverse);
+        }
+    }
+    fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777 | 0o444)).unwrap();
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(md.mtime() as u64);
+    let f = fs::File::open(dst).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+}
+
+fn inputs() -> Option<&'static Inputs> {
+    static IN: OnceLock<Option<Inputs>> = OnceLock::new();
+    IN.get_or_init(|| {
+        if !is_root() {
+            eprintln!(
+                "SKIP reproducibility matrix: needs root (Nix chroot store, running as another user); CI runs as root"
+            );
+            return None;
+        }
+        for t in ["nix-build", "grub-mkimage", "faketime", "setpriv", "jq", "cpio"] {
+            if !tool_exists(t) {
+                eprintln!("SKIP reproducibility matrix: {t} is missing (scripts/test.sh installs it)");
+                return None;
+            }
+        }
+        let sys = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro-system");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/boot/make-boot-system.sh");
+        let o = Command::new(&script).arg(&sys).output().expect("run make-boot-system.sh");
+        assert!(o.status.success(), "make-boot-system.sh failed:\n{}", String::from_utf8_lossy(&o.stderr));
+        // Under /tmp: every parent folder is searchable by an unprivileged user.
+        let work = tempfile::Builder::new().prefix("mdi-repro-").tempdir_in("/tmp").unwrap().keep();
+        fs::set_permissions(&work, fs::Permissions::from_mode(0o777)).unwrap();
+        let (forward, reverse) = (work.join("store-a"), work.join("inputs-b/store"));
+        fs::create_dir(work.join("inputs-b")).unwrap();
+        copy_ordered(
+            &sys.join("root/nix"),
+            &{
+                fs::create_dir(&forward).unwrap();
+                forward.join("nix")
+            },
+            false,
+        );
+        copy_ordered(
+            &sys.join("root/nix"),
+            &{
+                fs::create_dir(&reverse).unwrap();
+                reverse.join("nix")
+            },
+            true,
+        );
+        let closure_info = work.join("closure-info");
+        copy_ordered(&sys.join("closure-info"), &closure_info, false);
+        let copy = work.join("make-disk-image");
+        fs::copy(bin(), &copy).unwrap();
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+        let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap().trim().to_string();
+        Some(Inputs { forward, reverse, closure_info, toplevel, work, bin: copy })
+    })
+    .as_ref()
+}
+
+/// One build; returns (image bytes hash from the manifest, efi-vars.fd bytes).
+fn build_one(
+    inp: &Inputs,
+    ptt: &str,
+    loader: &str,
+    format: &str,
+    ext: &str,
+    changes: &[Change],
+    tag: &str,
+) -> (String, Vec<u8>) {
+    let has = |c: Change| changes.contains(&c);
+    let store_root = if has(Change::ReverseInput) { &inp.reverse } else { &inp.forward };
+    let out = if has(Change::Folders) {
+        inp.work.join(format!("elsewhere/deeper/{tag}"))
+    } else {
+        inp.work.join(format!("out/{tag}"))
+    };
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out).unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
+    let mut args: Vec<String> = vec![
+        "build".into(),
+        "--closure-info".into(),
+        inp.closure_info.display().to_string(),
+        "--store-root".into(),
+        store_root.display().to_string(),
+        "--system".into(),
+        inp.toplevel.clone(),
+        "--partition-table-type".into(),
+        ptt.into(),
+        "--format".into(),
+        format.into(),
+        "--additional-space".into(),
+        "4M".into(),
+        "--source-date-epoch".into(),
+        "1700000000".into(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    if ptt == "efixbootldr" {
+        args.extend(["--boot-size".into(), "120M".into()]);
+    } else if ptt != "none" && ptt != "legacy" && ptt != "legacy+gpt" {
+        args.extend(["--boot-size".into(), "32M".into()]);
+    }
+    match loader {
+        "none" => args.extend(["--install-boot-loader".into(), "false".into()]),
+        l => args.extend(["--boot-loader".into(), l.into()]),
+    }
+    if matches!(ptt, "efi" | "efixbootldr" | "hybrid" | "legacy+gpt") {
+        args.extend(["--touch-efi-vars".into(), "true".into()]);
+    }
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let umask = if has(Change::Umask) { "077" } else { "022" };
+    let mut script = format!("umask {umask} && exec {} {}", inp.bin.display(), quoted.join(" "));
+    if has(Change::WallClock) {
+        script = format!("exec faketime '2038-01-19 03:14:00' sh -c \"{}\"", script.replace('"', "\\\""));
+    }
+    let mut cmd = if has(Change::User) {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", &script]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
+        c
+    };
+    cmd.env("TZ", if has(Change::TimeZone) { "Pacific/Chatham" } else { "UTC" })
+        .env("RAYON_NUM_THREADS", if has(Change::Threads) { "1" } else { "2" })
+        .env_remove("SOURCE_DATE_EPOCH")
+        .current_dir(if has(Change::Folders) { store_root.as_path() } else { inp.work.as_path() });
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{ptt}/{loader}/{format} {changes:?}: {}{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let sha = m["image"]["sha256"].as_str().expect("image hashed").to_string();
+    assert!(out.join(format!("nixos.{ext}")).exists());
+    let vars = fs::read(out.join("efi-vars.fd")).unwrap_or_default();
+    let _ = fs::remove_dir_all(&out);
+    (sha, vars)
+}
+
+#[test]
+fn every_layout_format_and_loader_is_reproducible() {
+    let Some(inp) = inputs() else { return };
+    let mut n = 0;
+    for (ptt, loaders) in LAYOUTS {
+        for loader in *loaders {
+            for (format, ext) in FORMATS {
+                let tag = format!("{ptt}-{loader}-{format}").replace('+', "_");
+                let base = build_one(inp, ptt, loader, format, ext, &[], &tag);
+                let changed = build_one(inp, ptt, loader, format, ext, ALL, &tag);
+                assert!(base == changed, "{ptt} / {loader} / {format}: the bytes change under {ALL:?}");
+                n += 1;
+            }
+        }
+    }
+    eprintln!("{n} combinations reproducible");
+}
+
+#[test]
+fn each_change_alone_changes_nothing() {
+    let Some(inp) = inputs() else { return };
+    for (ptt, loader, format, ext) in [
+        ("hybrid", "grub", "qcow2-compressed", "qcow2"),
+        ("efixbootldr", "systemd-boot", "vhdx", "vhdx"),
+        ("legacy", "grub", "vmdk", "vmdk"),
+    ] {
+        let tag = format!("alone-{ptt}-{format}").replace('+', "_");
+        let base = build_one(inp, ptt, loader, format, ext, &[], &tag);
+        for c in ALL {
+            let other = build_one(inp, ptt, loader, format, ext, &[*c], &tag);
+            assert!(base == other, "{ptt} / {loader} / {format}: the bytes change under {c:?}");
+        }
+    }
+}
+
+/// Two seeds: other partition GUIDs, disk GUID and FAT volume IDs, the same files
+/// (systemd-boot: GRUB's config names the ESP by its volume ID, so its files would differ) (the root filesystem compared through the kernel, the ESP through mtools).
+#[test]
+fn another_seed_changes_identifiers_not_files() {
+    let Some(inp) = inputs() else { return };
+    let run = |seed: &str, tag: &str| -> (PathBuf, serde_json::Value) {
+        let out = inp.work.join(format!("seed/{tag}"));
+        let _ = fs::remove_dir_all(&out);
+        let o = Command::new(&inp.bin)
+            .args(["build", "--closure-info"])
+            .arg(&inp.closure_info)
+            .arg("--store-root")
+            .arg(&inp.forward)
+            .args(["--system", &inp.toplevel, "--partition-table-type", "hybrid", "--boot-loader", "systemd-boot"])
+            .args(["--additional-space", "4M", "--boot-size", "32M", "--seed", seed, "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let m = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        (out, m)
+    };
+    let (a, ma) = run("11111111-2222-4333-8444-555555555555", "a");
+    let (b, mb) = run("99999999-2222-4333-8444-555555555555", "b");
+    assert_ne!(ma["image"]["sha256"], mb["image"]["sha256"]);
+    for i in 0..3 {
+        let (ga, gb) = (&ma["partitions"][i]["guid"], &mb["partitions"][i]["guid"]);
+        // The root partition keeps nixpkgs' fixed rootGPUID; the others come from the seed.
+        if ma["partitions"][i]["number"] == 3 {
+            assert_eq!(ga, gb);
+        } else {
+            assert_ne!(ga, gb, "partition {i}");
+        }
+    }
+    let esp = |m: &serde_json::Value| {
+        m["filesystems"].as_array().unwrap().iter().find(|f| f["label"] == "ESP").unwrap().clone()
+    };
+    assert_ne!(esp(&ma)["volumeId"], esp(&mb)["volumeId"]);
+    let disk_guid = |img: &Path| {
+        let o = Command::new("sgdisk").arg("-p").arg(img).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().find(|l| l.contains("Disk identifier")).unwrap().to_string()
+    };
+    assert_ne!(disk_guid(&a.join("nixos.img")), disk_guid(&b.join("nixos.img")));
+    // Same files: the ESPs copied out with mtools, the roots mounted.
+    let esp_files = |dir: &Path, m: &serde_json::Value| {
+        let to = dir.join("esp-files");
+        let img = format!("{}@@{}", dir.join("nixos.img").display(), esp(m)["offset"]);
+        let o = Command::new("mcopy").args(["-s", "-p", "-i", &img, "::/"]).arg(&to).output().unwrap();
+        assert!(o.status.success(), "mcopy: {}", String::from_utf8_lossy(&o.stderr));
+        to
+    };
+    let (ea, eb) = (esp_files(&a, &ma), esp_files(&b, &mb));
+    let o = Command::new("diff").arg("-r").arg(&ea).arg(&eb).output().unwrap();
+    assert!(o.status.success(), "ESP files differ: {}", String::from_utf8_lossy(&o.stdout));
+    let root_of = |dir: &Path, m: &serde_json::Value| {
+        let root = m["filesystems"].as_array().unwrap().iter().find(|f| f["role"] == "root").unwrap().clone();
+        let part = dir.join("root.img");
+        let o = Command::new("dd")
+            .arg(format!("if={}", dir.join("nixos.img").display()))
+            .arg(format!("of={}", part.display()))
+            .args(["bs=1M", "conv=sparse", "status=none"])
+            .arg(format!("skip={}", root["offset"].as_u64().unwrap() >> 20))
+            .arg(format!("count={}", root["size"].as_u64().unwrap() >> 20))
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        part
+    };
+    let (ra, rb) = (Mount::new(&root_of(&a, &ma)), Mount::new(&root_of(&b, &mb)));
+    // Inode identity includes the loop device number; keep only the inode number.
+    let scan_fs = |p: &Path| {
+        let mut m = scan(p, &[]);
+        m.values_mut().for_each(|i| i.ino.0 = 0);
+        m
+    };
+    let (sa, sb) = (scan_fs(ra.path()), scan_fs(rb.path()));
+    for (k, v) in &sa {
+        assert!(
+            sb.get(k) == Some(v),
+            "root filesystems differ at {}: {v:?} vs {:?}",
+            String::from_utf8_lossy(k),
+            sb.get(k)
+        );
+    }
+    assert_eq!(sa.len(), sb.len(), "root filesystems hold different files");
+}
