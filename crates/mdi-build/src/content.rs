@@ -303,8 +303,15 @@ enum NameKind {
 /// /etc/passwd and /etc/group (read once, when a name first needs them).
 struct Names<'a> {
     spec: &'a Spec,
-    users: Option<Option<(String, Vec<(String, u32)>)>>,
-    groups: Option<Option<(String, Vec<(String, u32)>)>>,
+    /// None: not read yet; Some(None): there is no database.
+    users: Option<Option<NameDb>>,
+    groups: Option<Option<NameDb>>,
+}
+
+/// One passwd or group file: where it came from (for messages) and its (name, id) pairs.
+struct NameDb {
+    from: String,
+    ids: Vec<(String, u32)>,
 }
 
 impl<'a> Names<'a> {
@@ -344,7 +351,7 @@ impl<'a> Names<'a> {
             *slot = Some(load_names(tree, spec_file.as_deref(), image_file, key)?);
         }
         match slot.as_ref().expect("loaded above") {
-            Some((from, list)) => match list.iter().find(|(n, _)| n == name) {
+            Some(NameDb { from, ids }) => match ids.iter().find(|(n, _)| n == name) {
                 Some((_, id)) => Ok(*id),
                 None if name == "root" => Ok(0),
                 None => bail!("{what} '{name}' cannot be resolved: {from} has no such name; add it there or give the numeric id"),
@@ -359,12 +366,7 @@ impl<'a> Names<'a> {
 
 /// Reads a passwd/group file (name in field 1, id in field 3): the spec's, else the
 /// image's own. Ok(None) when neither exists.
-fn load_names(
-    tree: &Tree,
-    spec_file: Option<&Path>,
-    image_file: &str,
-    key: &str,
-) -> Result<Option<(String, Vec<(String, u32)>)>> {
+fn load_names(tree: &Tree, spec_file: Option<&Path>, image_file: &str, key: &str) -> Result<Option<NameDb>> {
     let (from, bytes) = match spec_file {
         Some(p) => {
             let b = std::fs::read(p)
@@ -389,7 +391,7 @@ fn load_names(
             .ok_or_else(|| anyhow!("{from}, line {}: '{line}' is not name:password:id:…; fix the line", i + 1))?;
         list.push((f[0].to_string(), id));
     }
-    Ok(Some((from, list)))
+    Ok(Some(NameDb { from, ids: list }))
 }
 
 /// The bytes of a regular file of the image, following symlinks inside the image (as
@@ -487,8 +489,8 @@ mod tests {
         tree.add(p, &n, Meta::root(0o777, ts), Kind::Symlink { target: b"static/passwd".to_vec() }, None).unwrap();
         let got = read_image_file(&tree, b"/etc/passwd").unwrap().unwrap();
         assert!(got.starts_with(b"alice"));
-        let (_, list) = load_names(&tree, None, "/etc/passwd", "passwdFile").unwrap().unwrap();
-        assert_eq!(list, vec![("alice".to_string(), 1000)]);
+        let db = load_names(&tree, None, "/etc/passwd", "passwdFile").unwrap().unwrap();
+        assert_eq!(db.ids, vec![("alice".to_string(), 1000)]);
         assert!(read_image_file(&tree, b"/etc/group").unwrap().is_none());
     }
 }
