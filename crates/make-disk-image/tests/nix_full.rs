@@ -1,4 +1,5 @@
-//! Issue 5 §1: a full image's Nix state, checked by real Nix on the mounted image.
+//! Issue 5 §1, §2, §5: a full image's Nix state (database, profiles, the channel,
+//! additionalPaths, /nix-path-registration), checked by real Nix on the mounted image.
 
 mod common;
 use common::*;
@@ -13,9 +14,82 @@ fn nix(root: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The corpus store path whose name contains `part` (versions follow Debian's archive).
+fn store_path(corpus: &Path, part: &str) -> String {
+    let sp = fs::read_to_string(corpus.join("closure-info/store-paths")).unwrap();
+    sp.lines().find(|l| l.contains(part)).unwrap_or_else(|| panic!("no store path with '{part}'")).to_string()
+}
+
+/// The channel stand-in (a real store path with references) and the additional path.
+fn channel_and_extra(corpus: &Path) -> (String, String) {
+    (store_path(corpus, "-hello-"), store_path(corpus, "-edge-empty-file"))
+}
+
+/// The closure of `path` according to the corpus' registration (what Nix recorded).
+fn closure_of(corpus: &Path, path: &str) -> Vec<String> {
+    let reg = fs::read_to_string(corpus.join("closure-info/registration")).unwrap();
+    let lines: Vec<&str> = reg.lines().collect();
+    let mut refs = std::collections::BTreeMap::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let n = lines[i + 4].parse::<usize>().unwrap();
+        refs.insert(lines[i].to_string(), lines[i + 5..i + 5 + n].iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        i += 5 + n;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![path.to_string()];
+    while let Some(p) = todo.pop() {
+        if seen.insert(p.clone()) {
+            todo.extend(refs[&p].iter().cloned());
+        }
+    }
+    seen.into_iter().collect()
+}
+
+/// Follows `path` inside the image mounted at `root` as the booted system would (absolute
+/// link targets start at the image's root); returns the final path in the image.
+fn resolve_inside(root: &Path, path: &str) -> std::path::PathBuf {
+    let mut cur = std::path::PathBuf::from("/");
+    let mut rest: std::collections::VecDeque<String> = path.split('/').map(str::to_string).collect();
+    let mut hops = 0;
+    while let Some(c) = rest.pop_front() {
+        if c.is_empty() || c == "." {
+            continue;
+        }
+        let next = cur.join(&c);
+        let host = root.join(next.strip_prefix("/").unwrap());
+        match fs::read_link(&host) {
+            Ok(t) => {
+                hops += 1;
+                assert!(hops < 40, "{path}: symlink loop");
+                let t = t.to_string_lossy().into_owned();
+                if t.starts_with('/') {
+                    cur = "/".into();
+                }
+                let mut v: std::collections::VecDeque<String> = t.split('/').map(str::to_string).collect();
+                v.extend(rest);
+                rest = v;
+            }
+            Err(_) => {
+                assert!(host.exists(), "{path}: {} does not exist in the image", next.display());
+                cur = next;
+            }
+        }
+    }
+    cur
+}
+
 fn build_full(corpus: &Path, out: &Path) -> std::path::PathBuf {
     let system = fs::read_to_string(corpus.join("closure-info/toplevel")).unwrap();
+    let (channel, extra) = channel_and_extra(corpus);
+    let extra = format!("[\"{extra}\"]");
     build(&[
+        os("--channel"),
+        os(&channel),
+        os("--additional-paths"),
+        os(&extra),
+        os("--nix-path-registration"),
+        os("true"),
         os("--closure-info"),
         corpus.join("closure-info").as_os_str(),
         os("--store-root"),
@@ -106,6 +180,52 @@ fn full_image_nix_state_is_accepted_by_nix() {
             fs::read(root.join("etc/nixos/configuration.nix")).unwrap(),
             fs::read(corpus.join("closure-info/toplevel")).unwrap()
         );
+        // The channel: root's channel profile as nixos-install makes it, resolving inside
+        // the image, and a valid path whose requisites are its closure.
+        let (channel, extra) = channel_and_extra(&corpus);
+        let profiles = root.join("nix/var/nix/profiles/per-user/root");
+        assert_eq!(fs::read_link(profiles.join("channels")).unwrap(), Path::new("channels-1-link"));
+        assert_eq!(fs::read_link(profiles.join("channels-1-link")).unwrap(), Path::new(&channel));
+        assert_eq!(
+            fs::read_link(root.join("root/.nix-defexpr/channels")).unwrap(),
+            Path::new("/nix/var/nix/profiles/per-user/root/channels")
+        );
+        assert_eq!(resolve_inside(&root, "/root/.nix-defexpr/channels"), Path::new(&channel));
+        assert_eq!(resolve_inside(&root, "/nix/var/nix/profiles/system"), Path::new(&system));
+        use std::os::unix::fs::PermissionsExt;
+        for d in ["root", "root/.nix-defexpr"] {
+            assert_eq!(fs::metadata(root.join(d)).unwrap().permissions().mode() & 0o7777, 0o700, "{d}");
+        }
+        let mut req: Vec<String> = nix(&root, &["-q", "--requisites", &channel]).lines().map(str::to_string).collect();
+        req.sort();
+        assert_eq!(req, closure_of(&corpus, &channel), "requisites of the channel");
+        let gens = Command::new("nix-env")
+            .args(["--store", &format!("local?root={}", root.display()), "-p"])
+            .arg(profiles.join("channels"))
+            .arg("--list-generations")
+            .output()
+            .unwrap();
+        let gens_out = String::from_utf8_lossy(&gens.stdout);
+        assert!(
+            gens.status.success() && gens_out.contains("1 ") && gens_out.contains("(current)"),
+            "nix-env --list-generations: {gens_out} {}",
+            String::from_utf8_lossy(&gens.stderr)
+        );
+        // additionalPaths: valid, registered.
+        nix(&root, &["--check-validity", &extra]);
+        // /nix-path-registration is the closure's registration, and real Nix loads it into
+        // a fresh store with the same result as the image's own database.
+        assert_eq!(fs::read(root.join("nix-path-registration")).unwrap(), reg.as_bytes());
+        assert_eq!(fs::metadata(root.join("nix-path-registration")).unwrap().permissions().mode() & 0o7777, 0o644);
+        let fresh = t.path().join("fresh");
+        fs::create_dir_all(&fresh).unwrap();
+        let load = Command::new("nix-store")
+            .args(["--store", &format!("local?root={}", fresh.display()), "--load-db"])
+            .stdin(fs::File::open(root.join("nix-path-registration")).unwrap())
+            .output()
+            .unwrap();
+        assert!(load.status.success(), "--load-db: {}", String::from_utf8_lossy(&load.stderr));
+        assert_eq!(nix(&fresh, &["--dump-db"]), nix(&root, &["--dump-db"]), "loaded registration = image database");
         assert_eq!(fs::read_to_string(root.join("nix/var/nix/db/schema")).unwrap(), "10");
         let o = Command::new("sqlite3")
             .arg(lower.path().join("nix/var/nix/db/db.sqlite"))
@@ -116,4 +236,78 @@ fn full_image_nix_state_is_accepted_by_nix() {
     });
     Command::new("umount").arg(&root).status().unwrap();
     result.unwrap();
+}
+
+#[test]
+fn store_only_image_carries_the_registration() {
+    let Some(corpus) = corpus("tiny") else { return };
+    if skip_unless_root("loop mount of the store image") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    build(&[
+        os("--only-nix-store"),
+        os("true"),
+        os("--closure-info"),
+        corpus.join("closure-info").as_os_str(),
+        os("--store-root"),
+        corpus.join("root").as_os_str(),
+        os("--nix-path-registration"),
+        os("true"),
+        os("--partition-table-type"),
+        os("none"),
+        os("--additional-space"),
+        os("1M"),
+        os("-o"),
+        out.as_os_str(),
+    ]);
+    let m = Mount::new(&out.join("nixos.img"));
+    assert_eq!(
+        fs::read(m.path().join("nix-path-registration")).unwrap(),
+        fs::read(corpus.join("closure-info/registration")).unwrap()
+    );
+}
+
+/// A closureInfo with one path and its registration (nothing needs to exist on disk for
+/// the errors below: they come before any store path is read).
+fn small_closure(dir: &Path) -> std::path::PathBuf {
+    let ci = dir.join("ci");
+    fs::create_dir_all(&ci).unwrap();
+    fs::write(ci.join("store-paths"), "/nix/store/00000000000000000000000000000000-a\n").unwrap();
+    let reg = format!("/nix/store/00000000000000000000000000000000-a\nsha256:{}\n8\n\n0\n", "0".repeat(52));
+    fs::write(ci.join("registration"), reg).unwrap();
+    ci
+}
+
+#[test]
+fn channel_and_additional_paths_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let ci = small_closure(t.path());
+    let out = t.path().join("out");
+    let absent = "/nix/store/11111111111111111111111111111111-nixos-24.05";
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--closure-info", ci.to_str().unwrap(), "--channel", absent],
+            &["channel '", absent, "is not in the closure", "rootPaths"],
+        ),
+        (
+            &["--closure-info", ci.to_str().unwrap(), "--additional-paths", &format!("[\"{absent}\"]")],
+            &["additionalPaths '", absent, "is not in the closure"],
+        ),
+        (&["--additional-paths", "[\"/etc/passwd\"]"], &["additionalPaths", "'/etc/passwd' is not a store path"]),
+        (&["--additional-paths", &format!("[\"{absent}\"]")], &["additionalPaths", "needs closureInfo"]),
+        (&["--channel", absent], &["channel", "needs closureInfo"]),
+        (&["--copy-channel", "true"], &["copyChannel", "needs channel"]),
+        (&["--nix-path-registration", "true"], &["nixPathRegistration", "needs closureInfo"]),
+    ];
+    for (args, expect) in cases {
+        let mut a: Vec<&std::ffi::OsStr> = args.iter().map(|s| os(s)).collect();
+        a.extend([os("--partition-table-type"), os("none"), os("-o"), out.as_os_str()]);
+        let err = build_fails(&a);
+        for e in *expect {
+            assert!(err.contains(e), "{args:?}: error should mention {e:?}:\n{err}");
+        }
+        assert!(!out.exists(), "{args:?}: output left behind");
+    }
 }

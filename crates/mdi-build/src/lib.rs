@@ -188,6 +188,7 @@ const HASH_LIMIT: u64 = 16 << 30;
 
 /// Runs a whole build into `out_dir`.
 pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
+    let before = OutDirBefore::capture(out_dir);
     if spec.fs_type != "ext4" {
         bail!("fsType '{}' is not implemented yet; use ext4", spec.fs_type);
     }
@@ -455,19 +456,122 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     tmp.persist(&final_path)
         .map_err(|e| anyhow!("cannot move the image to '{}': {}", final_path.display(), e.error))?;
     if let Some(script) = &spec.post_vm {
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .env("diskImage", &final_path)
-            .env("out", &out_dir)
-            .current_dir(&out_dir)
-            .status()
-            .context("running postVM")?;
-        if !status.success() {
-            bail!("postVM exited with {status}");
+        let root = plan.root();
+        let vars = PostVmVars {
+            out: &out_dir,
+            disk_image: &final_path,
+            efi_vars: spec.touch_efi_vars.then(|| out_dir.join("efi-vars.fd")),
+            boot_size: layout::boot_end(boot_size),
+            disk_size: disk_bytes,
+            root_partition: (plan.table != layout::Table::None).then_some(root.number),
+            root_start: root.start,
+            root_bytes: root.end.expect("finished plan") - root.start,
+        };
+        if let Err(e) = run_post_vm(script, &vars) {
+            let ours =
+                [final_path.clone(), out_dir.join("manifest.json"), out_dir.join("nix-support/hydra-build-products")];
+            before.restore(&out_dir, &ours);
+            bail!("{e:#}; the output was removed");
         }
     }
     Ok(Outcome { image: final_path, manifest })
+}
+
+/// What the output folder held before the build, so that a failing postVM can leave it
+/// as it was: no image, nothing the script made.
+struct OutDirBefore {
+    existed: bool,
+    entries: std::collections::BTreeSet<std::ffi::OsString>,
+}
+
+impl OutDirBefore {
+    fn capture(dir: &Path) -> Self {
+        let entries = std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        OutDirBefore { existed: dir.exists(), entries }
+    }
+
+    /// Removes what the build made: the whole folder if it is new, else `ours` and every
+    /// entry that was not there before.
+    fn restore(&self, dir: &Path, ours: &[PathBuf]) {
+        if !self.existed {
+            let _ = std::fs::remove_dir_all(dir);
+            return;
+        }
+        let remove = |p: &Path| match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+            Ok(_) => std::fs::remove_file(p),
+            Err(e) => Err(e),
+        };
+        for p in ours {
+            let _ = remove(p);
+        }
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.filter_map(|e| e.ok()) {
+                if !self.entries.contains(&e.file_name()) {
+                    let _ = remove(&e.path());
+                }
+            }
+        }
+    }
+}
+
+/// The variables nixpkgs' postVM sees (reference §7.3), as far as they mean something
+/// without a VM and a staging folder.
+struct PostVmVars<'a> {
+    out: &'a Path,
+    disk_image: &'a Path,
+    efi_vars: Option<PathBuf>,
+    boot_size: u64,
+    disk_size: u64,
+    root_partition: Option<u32>,
+    root_start: u64,
+    root_bytes: u64,
+}
+
+/// nixpkgs' helper functions that postVM scripts use (virtualbox's uses the sector ones).
+const POST_VM_PRELUDE: &str = "mebibyte=$(( 1024 * 1024 ))
+sectorsToKilobytes() { echo $(( ( \"$1\" * 512 ) / 1024 )); }
+sectorsToBytes() { echo $(( \"$1\" * 512 )); }
+round_to_nearest() { echo $(( ( $1 / $2 + 1 ) * $2 )); }
+";
+
+/// Runs postVM with bash as nixpkgs' builder does (errexit, pipefail), in a scratch folder
+/// (nixpkgs' build folder), its output on stderr (stdout may carry --json).
+fn run_post_vm(script: &str, v: &PostVmVars) -> Result<()> {
+    use std::os::fd::AsFd;
+    let scratch = tempfile::tempdir().context("postVM: cannot make a scratch folder in TMPDIR")?;
+    let stdout = std::io::stderr().as_fd().try_clone_to_owned().context("postVM: stderr")?;
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-e")
+        .arg("-o")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(format!("{POST_VM_PRELUDE}{script}"))
+        .env("out", v.out)
+        .env("diskImage", v.disk_image)
+        .env("bootSize", v.boot_size.to_string())
+        .env("bootSizeMiB", format!("{}MiB", v.boot_size / layout::MIB))
+        .env("diskSize", v.disk_size.to_string())
+        .env("rootPartition", v.root_partition.map(|n| n.to_string()).unwrap_or_default())
+        .env("START", (v.root_start / 512).to_string())
+        .env("SECTORS", (v.root_bytes / 512).to_string())
+        .env_remove("efiVars")
+        .current_dir(scratch.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(stdout));
+    if let Some(e) = &v.efi_vars {
+        cmd.env("efiVars", e);
+    }
+    let status = cmd.status().context("postVM: cannot run bash; postVM scripts are bash, as in nixpkgs")?;
+    if !status.success() {
+        match status.code() {
+            Some(c) => bail!("postVM failed with exit status {c}"),
+            None => bail!("postVM failed: {status}"),
+        }
+    }
+    Ok(())
 }
 
 /// SHA-256 of a (sparse) file. Holes are fed from a zero buffer instead of being read.

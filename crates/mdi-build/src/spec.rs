@@ -34,6 +34,9 @@ pub const KEYS: &[&str] = &[
     "configFile",
     "copyChannel",
     "channel",
+    "nixPathRegistration",
+    "passwdFile",
+    "groupFile",
     "deterministic",
     "rootGPUID",
     "rootFSUID",
@@ -96,6 +99,8 @@ pub struct Spec {
     pub contents: Vec<ContentEntry>,
     #[serde(default)]
     pub root_dir: Option<PathBuf>,
+    /// Extra store paths the image must hold; each must be in closureInfo (nixpkgs adds
+    /// them to its closureInfo's root paths), so they are copied and registered with it.
     #[serde(default)]
     pub additional_paths: Vec<String>,
     #[serde(default)]
@@ -117,10 +122,28 @@ pub struct Spec {
     pub boot_timeout: Option<u32>,
     #[serde(default)]
     pub config_file: Option<PathBuf>,
+    /// Whether `channel` becomes root's channel. Unset means "when `channel` is given";
+    /// false drops a given channel (its store path stays in the closure).
     #[serde(default)]
-    pub copy_channel: bool,
+    pub copy_channel: Option<bool>,
+    /// The channel's store path (nixpkgs' `channelSources`, `/nix/store/…-nixos-<version>`),
+    /// which must be in closureInfo: it becomes root's channel as nixos-install makes it
+    /// (`profiles/per-user/root/channels`, `/root/.nix-defexpr/channels`).
     #[serde(default)]
     pub channel: Option<String>,
+    /// Write the closure's registration to `/nix-path-registration` (the filesystem root,
+    /// which is the store itself with onlyNixStore), for systems that load their Nix
+    /// database at boot with `nix-store --load-db` (make-ext4-fs' file of that name).
+    #[serde(default)]
+    pub nix_path_registration: bool,
+    /// A passwd file (`name:x:uid:gid:…`) for the user names in `contents`; without it
+    /// names are looked up in the image's own /etc/passwd.
+    #[serde(default)]
+    pub passwd_file: Option<PathBuf>,
+    /// A group file (`name:x:gid:…`) for the group names in `contents`; without it names
+    /// are looked up in the image's own /etc/group.
+    #[serde(default)]
+    pub group_file: Option<PathBuf>,
     #[serde(default = "d_true")]
     pub deterministic: bool,
     #[serde(default = "d_root_guid", rename = "rootGPUID")]
@@ -391,6 +414,44 @@ impl Spec {
                 });
             }
         }
+        let needs_closure = |key: &str, what: &str| {
+            if self.closure_info.is_none() {
+                return Err(SpecError::BadValue {
+                    key: key.into(),
+                    what: format!(
+                        "{what} needs closureInfo (a folder with store-paths and registration) that holds it"
+                    ),
+                });
+            }
+            Ok(())
+        };
+        if self.copy_channel == Some(true) && self.channel.is_none() {
+            return Err(SpecError::BadValue {
+                key: "copyChannel".into(),
+                what: "needs channel: the channel's store path (nixpkgs' channelSources, /nix/store/…-nixos-<version>), in closureInfo".into(),
+            });
+        }
+        if let Some(c) = &self.channel {
+            if !mdi_nix::is_store_path(c) {
+                return Err(SpecError::BadValue {
+                    key: "channel".into(),
+                    what: format!("'{c}' is not a store path (/nix/store/<hash>-<name>)"),
+                });
+            }
+            needs_closure("channel", "a channel")?;
+        }
+        for p in &self.additional_paths {
+            if !mdi_nix::is_store_path(p) {
+                return Err(SpecError::BadValue {
+                    key: "additionalPaths".into(),
+                    what: format!("'{p}' is not a store path (/nix/store/<hash>-<name>)"),
+                });
+            }
+            needs_closure("additionalPaths", &format!("'{p}'"))?;
+        }
+        if self.nix_path_registration {
+            needs_closure("nixPathRegistration", "/nix-path-registration")?;
+        }
         if let Some(s) = &self.seed {
             mdi_ident::Uuid::parse(s).map_err(|e| SpecError::BadValue { key: "seed".into(), what: e.to_string() })?;
         }
@@ -430,6 +491,11 @@ impl Spec {
             Value::String(s) => parse_iec(s).ok_or_else(|| bad(format!("'{s}' is not a size like 512M"))),
             v => Err(bad(format!("{v} is not a size"))),
         }
+    }
+
+    /// The channel to make root's channel, if any (`channel` unless `copyChannel` is false).
+    pub fn channel_to_install(&self) -> Option<&str> {
+        self.channel.as_deref().filter(|_| self.copy_channel != Some(false))
     }
 
     /// The output file extension for the format (DESIGN §2.1).

@@ -60,6 +60,22 @@ pub enum NixError {
     /// Writing the Nix database failed.
     #[error("cannot write the Nix database: {0}")]
     Db(String),
+    /// A store path the spec names (system, channel, additionalPaths) is not in the closure.
+    #[error("{role} '{path}' is not in the closure; build closureInfo with it among the root paths (nixpkgs' closureInfo {{ rootPaths = [ ... ]; }})")]
+    NotInClosure {
+        /// The spec key naming it.
+        role: String,
+        /// The store path.
+        path: String,
+    },
+    /// A spec value that must be a store path is not one.
+    #[error("{role} '{path}' is not a store path (/nix/store/<32-character hash>-<name>)")]
+    NotAStorePath {
+        /// The spec key naming it.
+        role: String,
+        /// The text.
+        path: String,
+    },
 }
 
 /// One path's registration record.
@@ -84,19 +100,25 @@ pub struct ClosureInfo {
     pub store_paths: Vec<String>,
     /// Registration records, in file order.
     pub registrations: Vec<Registration>,
+    /// The `registration` file as read: what `/nix-path-registration` holds.
+    pub registration_bytes: Vec<u8>,
 }
 
 fn read(path: &Path) -> Result<String, NixError> {
     std::fs::read_to_string(path).map_err(|source| NixError::Read { path: path.to_path_buf(), source })
 }
 
-fn check_store_path(file: &Path, line: usize, p: &str) -> Result<(), NixError> {
+/// Whether `p` is a store path name: `/nix/store/<32-character hash>-<name>`.
+pub fn is_store_path(p: &str) -> bool {
     let name = p.strip_prefix("/nix/store/").unwrap_or("");
-    let ok = name.len() > 33
+    name.len() > 33
         && name.as_bytes()[32] == b'-'
         && !name.contains('/')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
-    if ok {
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+}
+
+fn check_store_path(file: &Path, line: usize, p: &str) -> Result<(), NixError> {
+    if is_store_path(p) {
         Ok(())
     } else {
         Err(NixError::BadStorePath { file: file.to_path_buf(), line, path: p.to_string() })
@@ -117,8 +139,20 @@ impl ClosureInfo {
             store_paths.push(l.to_string());
         }
         let reg_file = dir.join("registration");
-        let registrations = parse_registration(&reg_file, &read(&reg_file)?)?;
-        Ok(ClosureInfo { store_paths, registrations })
+        let reg_text = read(&reg_file)?;
+        let registrations = parse_registration(&reg_file, &reg_text)?;
+        Ok(ClosureInfo { store_paths, registrations, registration_bytes: reg_text.into_bytes() })
+    }
+
+    /// Checks that `path`, named by spec key `role`, is a store path of this closure.
+    pub fn require(&self, path: &str, role: &str) -> Result<(), NixError> {
+        if !is_store_path(path) {
+            return Err(NixError::NotAStorePath { role: role.to_string(), path: path.to_string() });
+        }
+        if !self.store_paths.iter().any(|p| p == path) {
+            return Err(NixError::NotInClosure { role: role.to_string(), path: path.to_string() });
+        }
+        Ok(())
     }
 }
 
@@ -218,11 +252,7 @@ pub fn add_nix_state(tree: &mut Tree, info: &ClosureInfo, system: Option<&str>, 
     put(tree, "/nix/var/nix/db/big-lock", 0o644, file(Vec::new()))?;
     put(tree, "/nix/var/nix/gcroots/profiles", 0o777, link("/nix/var/nix/profiles"))?;
     if let Some(system) = system {
-        if !info.store_paths.iter().any(|p| p == system) {
-            return Err(NixError::Db(format!(
-                "system '{system}' is not in the closure; build closureInfo with the toplevel as a root path"
-            )));
-        }
+        info.require(system, "system")?;
         put(tree, "/nix/var/nix/profiles/system", 0o777, link("system-1-link"))?;
         put(tree, "/nix/var/nix/profiles/system-1-link", 0o777, link(system))?;
     } else {
@@ -234,6 +264,45 @@ pub fn add_nix_state(tree: &mut Tree, info: &ClosureInfo, system: Option<&str>, 
         m.perm = 0o1775;
         m.gid = NIXBLD_GID;
     }
+    Ok(())
+}
+
+/// Makes `channel` root's channel, as nixos-install does (reference §5.2): the profile
+/// `profiles/per-user/root/channels → channels-1-link → <channel>` and
+/// `/root/.nix-defexpr/channels` pointing at that profile. `/root` (when the tree has none
+/// yet) is 0700, as NixOS activation leaves root's home.
+pub fn add_channel_profile(tree: &mut Tree, info: &ClosureInfo, channel: &str, time: i64) -> Result<(), NixError> {
+    use mdi_tree::Kind;
+    info.require(channel, "channel")?;
+    let ts = Timestamp::from_secs(time);
+    let dir = Meta::root(0o755, ts);
+    let link = |t: &str| Kind::Symlink { target: t.as_bytes().to_vec() };
+    let put = |tree: &mut Tree, path: &str, kind: Kind| -> Result<(), NixError> {
+        let (parent, name) = tree.make_parents(path.as_bytes(), &dir)?;
+        tree.add(parent, &name, Meta::root(0o777, ts), kind, None)?;
+        Ok(())
+    };
+    const PROFILE: &str = "/nix/var/nix/profiles/per-user/root/channels";
+    put(tree, PROFILE, link("channels-1-link"))?;
+    put(tree, "/nix/var/nix/profiles/per-user/root/channels-1-link", link(channel))?;
+    if tree.lookup(b"/root").is_none() {
+        tree.add(ROOT, b"root", Meta::root(0o700, ts), Kind::Dir { children: Vec::new() }, None)?;
+    }
+    let (root_home, _) = tree.make_parents(b"/root/x", &dir)?;
+    let defexpr =
+        tree.add(root_home, b".nix-defexpr", Meta::root(0o700, ts), Kind::Dir { children: Vec::new() }, None)?;
+    tree.add(defexpr, b"channels", Meta::root(0o777, ts), link(PROFILE), None)?;
+    Ok(())
+}
+
+/// Adds `name` (a file at the root of `tree`, 0644 root) holding the closure's
+/// registration, in the format `nix-store --load-db` reads: images whose database is
+/// made at boot (make-ext4-fs' `/nix-path-registration`, reference §6) load it from there.
+pub fn add_path_registration(tree: &mut Tree, info: &ClosureInfo, name: &str, time: i64) -> Result<(), NixError> {
+    use mdi_tree::{FileData, Kind};
+    let data: std::sync::Arc<[u8]> = std::sync::Arc::from(info.registration_bytes.clone());
+    let kind = Kind::File { size: data.len() as u64, data: FileData::Inline(data) };
+    tree.add(ROOT, name.as_bytes(), Meta::root(0o644, Timestamp::from_secs(time)), kind, None)?;
     Ok(())
 }
 
