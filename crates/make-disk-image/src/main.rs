@@ -59,7 +59,19 @@ struct BuildArgs {
 
 /// A flag value as JSON: numbers, booleans, arrays and objects as such, else a string.
 fn flag_value(key: &str, v: &str) -> Value {
-    let stringy = ["label", "baseName", "seed", "rootGPUID", "rootFSUID", "system", "channel", "name", "postVM"];
+    let stringy = [
+        "label",
+        "baseName",
+        "seed",
+        "rootGPUID",
+        "rootFSUID",
+        "system",
+        "channel",
+        "name",
+        "postVM",
+        "passwdFile",
+        "groupFile",
+    ];
     if stringy.contains(&key) {
         return Value::String(v.to_string());
     }
@@ -135,11 +147,32 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
     };
     // Relative paths in a spec file are relative to the file.
     if let Some(dir) = spec_file.as_ref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty()) {
-        for key in ["closureInfo", "storeRoot", "rootDir", "configFile", "systemdBoot", "grub", "efiVariables"] {
-            if let Some(Value::String(s)) = spec.get(key) {
+        let rel = |v: &mut Value| {
+            if let Value::String(s) = v {
                 if !s.starts_with('/') {
-                    let joined = dir.join(s).to_string_lossy().into_owned();
-                    spec.insert(key.to_string(), Value::String(joined));
+                    *s = dir.join(&*s).to_string_lossy().into_owned();
+                }
+            }
+        };
+        for key in [
+            "closureInfo",
+            "storeRoot",
+            "rootDir",
+            "configFile",
+            "systemdBoot",
+            "grub",
+            "efiVariables",
+            "passwdFile",
+            "groupFile",
+        ] {
+            if let Some(v) = spec.get_mut(key) {
+                rel(v);
+            }
+        }
+        if let Some(Value::Array(entries)) = spec.get_mut("contents") {
+            for e in entries {
+                if let Some(src) = e.get_mut("source") {
+                    rel(src);
                 }
             }
         }
