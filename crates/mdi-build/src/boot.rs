@@ -61,8 +61,8 @@ pub fn wanted(spec: &Spec) -> Result<Option<Loader>> {
         None => Loader::Grub,
     };
     match (loader, ptt) {
-        (_, "none") => bail!(
-            "partitionTableType none has no place for a boot loader; choose a partitioned layout or set installBootLoader = false"
+        (Loader::SystemdBoot, "none") => bail!(
+            "partitionTableType none has no EFI system partition for systemd-boot; choose efi, efixbootldr or hybrid, or set installBootLoader = false"
         ),
         (Loader::SystemdBoot, "legacy" | "legacy+boot" | "legacy+gpt") => bail!(
             "bootLoader systemd-boot needs an EFI system partition, which partitionTableType '{ptt}' has not; use efi, efixbootldr or hybrid, or bootLoader = \"grub\""
@@ -249,6 +249,9 @@ fn install_grub(
     let tmp = tempfile::tempdir().context("temporary folder for grub-mkimage")?;
     let early_cfg = tmp.path().join("early.cfg");
     std::fs::write(&early_cfg, early)?;
+    // partitionTableType none: no place for boot code, so only grub.cfg, as NixOS' GRUB
+    // module does for `devices = [ "nodev" ]` (a VM booting the kernel directly, or a
+    // disk another loader chains into).
     let mut bios = None;
     if matches!(ptt, "legacy" | "legacy+boot" | "legacy+gpt" | "hybrid") {
         let dir = grub.join("i386-pc");
