@@ -349,6 +349,11 @@ fn full_image_of_a_stand_in_system() {
     assert_eq!(stat(&root_fs, "/opt/greeter/bin/greet").1, 0);
     assert_eq!(ls(&root_fs, "/opt/greeter/bin"), BTreeSet::from(["greet".to_string()]));
     assert_eq!(ls(&root_fs, "/usr/share/doc/hello"), BTreeSet::from(["NOTES".to_string(), "README".to_string()]));
+    // The glob goes to the program as it is (nothing of the build folder in the manifest, so
+    // concurrent builds cannot change it); its target folder is made as `mkdir -p` would.
+    let hello = expect["hello"].as_str().unwrap();
+    assert_eq!(manifest["spec"]["contents"][2]["source"], format!("{hello}/share/doc/*"));
+    assert_eq!(stat(&root_fs, "/usr/share/doc/hello"), (0o755, 0, 0));
     assert_eq!(debugfs(&root_fs, "cat /usr/share/doc/hello/NOTES"), "hello, the notes\n");
     assert_eq!(stat(&root_fs, "/etc/fixture.nix").0, 0o600);
     let config_nix =
