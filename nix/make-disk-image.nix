@@ -143,18 +143,14 @@ let
   idOf =
     kind: attr: v:
     if builtins.isString v && (users.${kind}.${v}.${attr} or null) != null then users.${kind}.${v}.${attr} else v;
-  # nixpkgs copies `source` with a shell glob when it contains '*': the builder gathers
-  # the matches into a folder (relative to the build directory) that becomes the source.
-  isGlob = c: builtins.isString c.source && builtins.match ".*[*].*" c.source != null;
-  indexed = builtins.genList (i: {
-    inherit i;
-    c = builtins.elemAt contents i;
-  }) (builtins.length contents);
-  globDir = i: "contents-glob-${toString i}";
+  # A source with '*' is a pattern: the program expands it as nixpkgs' shell does, its
+  # matches going into the target folder. (Gathering them in the build directory first
+  # would put that folder's name, which another concurrent build can change, in
+  # manifest.json.)
   contentEntry =
-    { i, c }:
+    c:
     {
-      source = if isGlob c then globDir i else "${c.source}";
+      source = "${c.source}";
       inherit (c) target;
     }
     // optAttrs ((c.mode or null) != null) { inherit (c) mode; }
@@ -162,15 +158,6 @@ let
       user = idOf "users" "uid" c.user;
       group = idOf "groups" "gid" c.group;
     };
-  gatherGlobs = builtins.concatStringsSep "" (
-    map (
-      { i, c }:
-      ''
-        mkdir -p ${globDir i}
-        for fn in ${c.source}; do cp -a "$fn" ${globDir i}/; done
-      ''
-    ) (builtins.filter ({ c, ... }: isGlob c) indexed)
-  );
 
   # The boot loader and its inputs, from config.boot.loader. systemd-boot: its EFI binary
   # from config.systemd.package (what bootctl installs). GRUB: the package NixOS' grub
@@ -263,7 +250,7 @@ let
         touchEFIVars
         ;
       closureInfo = "${closureInfo}";
-      contents = map contentEntry indexed;
+      contents = map contentEntry contents;
     }
     # nixpkgs never sets the UUID of a store-only image (no tune2fs without the VM): unless
     # asked for, it gets a seed-derived one rather than the root image's default, so that a
@@ -310,8 +297,7 @@ pkgs.runCommand name
     };
   }
   (
-    gatherGlobs
-    + ''
+    ''
       ${makeDiskImage}/bin/make-disk-image build "$specJSONPath" -o "$out"
     ''
     + (if postVM != "" then postVMScript else "")

@@ -2,7 +2,9 @@
 //! evaluated and built by real Nix (Debian's nix-bin) against the stand-in pkgs, lib and
 //! config of tests/nix/stand-in.nix (there is no nixpkgs here), with the sandbox off, in a
 //! throw-away store. The images it makes are checked by e2fsck, debugfs and, as root, by
-//! real Nix on the mounted image (`nix-store --verify --check-contents`).
+//! real Nix on the mounted image (`nix-store --verify --check-contents`); those with a boot
+//! loader (systemd-boot, GRUB; Debian's binaries in stand-in packages) by mtools, sfdisk,
+//! blkid, virt-fw-vars and GRUB's own boot.img and diskboot.img.
 
 mod common;
 use common::*;
@@ -12,6 +14,30 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// Debian's boot loader files the stand-in packages of tests/nix/stand-in.nix copy
+/// (systemd-boot-efi, ovmf, grub-pc-bin, grub-efi-amd64-bin, grub-common).
+const SD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const GRUB_PC: &str = "/usr/lib/grub/i386-pc";
+const GRUB_EFI: &str = "/usr/lib/grub/x86_64-efi";
+const GRUB_MKIMAGE: &str = "/usr/bin/grub-mkimage";
+
+/// Whether the host has these files and tools; says why not (the test part is skipped).
+fn host_has(what: &str, files: &[&str], tools: &[&str]) -> bool {
+    if let Some(f) = files.iter().find(|f| !Path::new(f).exists()) {
+        eprintln!(
+            "SKIP {what}: no {f} (apt-get install systemd-boot-efi ovmf grub-pc-bin grub-efi-amd64-bin grub-common); CI has it"
+        );
+        return false;
+    }
+    if let Some(t) = tools.iter().find(|t| !tool_exists(t)) {
+        eprintln!("SKIP {what}: '{t}' not found (apt-get install mtools fdisk); CI has it");
+        return false;
+    }
+    true
+}
 
 /// A throw-away Nix store at the real store path /nix/store, seen only by the commands run
 /// through it: each runs in a fresh mount namespace where a temporary folder is
@@ -155,6 +181,15 @@ fn stat(img: &Path, path: &str) -> (u32, u32, u32) {
         after("User:").parse().unwrap(),
         after("Group:").parse().unwrap(),
     )
+}
+
+/// Copies `size` bytes at `off` of `img` (a partition) to `dest`.
+fn cut(img: &Path, off: u64, size: u64, dest: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(img).unwrap();
+    f.seek(SeekFrom::Start(off)).unwrap();
+    let mut w = fs::File::create(dest).unwrap();
+    assert_eq!(std::io::copy(&mut f.take(size), &mut w).unwrap(), size);
 }
 
 fn lines(p: &Path) -> Vec<String> {
@@ -301,13 +336,7 @@ fn full_image_of_a_stand_in_system() {
     assert_eq!((manifest["partitionTableType"].as_str(), off), (Some("legacy"), 1 << 20));
     let t = tempfile::tempdir().unwrap();
     let root_fs = t.path().join("root.ext4");
-    {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = fs::File::open(store.host(&out).join("nixos.img")).unwrap();
-        f.seek(SeekFrom::Start(off)).unwrap();
-        let mut w = fs::File::create(&root_fs).unwrap();
-        assert_eq!(std::io::copy(&mut f.take(size), &mut w).unwrap(), size);
-    }
+    cut(&store.host(&out).join("nixos.img"), off, size, &root_fs);
     e2fsck_clean(&root_fs);
     let in_store = ls(&root_fs, "/nix/store");
     for p in &paths {
@@ -320,6 +349,11 @@ fn full_image_of_a_stand_in_system() {
     assert_eq!(stat(&root_fs, "/opt/greeter/bin/greet").1, 0);
     assert_eq!(ls(&root_fs, "/opt/greeter/bin"), BTreeSet::from(["greet".to_string()]));
     assert_eq!(ls(&root_fs, "/usr/share/doc/hello"), BTreeSet::from(["NOTES".to_string(), "README".to_string()]));
+    // The glob goes to the program as it is (nothing of the build folder in the manifest, so
+    // concurrent builds cannot change it); its target folder is made as `mkdir -p` would.
+    let hello = expect["hello"].as_str().unwrap();
+    assert_eq!(manifest["spec"]["contents"][2]["source"], format!("{hello}/share/doc/*"));
+    assert_eq!(stat(&root_fs, "/usr/share/doc/hello"), (0o755, 0, 0));
     assert_eq!(debugfs(&root_fs, "cat /usr/share/doc/hello/NOTES"), "hello, the notes\n");
     assert_eq!(stat(&root_fs, "/etc/fixture.nix").0, 0o600);
     let config_nix =
@@ -374,6 +408,8 @@ fn spec_keys_for_each_boot_loader_and_user() {
     assert_eq!(sd["systemdBoot"], expect["systemdBoot"]);
     assert_eq!(sd["bootTimeout"], 3, "boot.loader.timeout");
     assert_eq!((&sd["touchEFIVars"], &sd["efiVariables"]), (&Value::Bool(true), &expect["ovmfVars"]));
+    // pkgs.OVMF.fd.variables, as nixpkgs names it: a file of the fd output.
+    assert_eq!(sd["efiVariables"], format!("{}/FV/OVMF_VARS.fd", expect["ovmf"].as_str().unwrap()));
     assert_eq!((&sd["format"], &sd["formatOptions"]["compression"]), (&"qcow2-compressed".into(), &"zstd".into()));
     assert!(sd.get("grub").is_none());
 
@@ -388,9 +424,18 @@ fn spec_keys_for_each_boot_loader_and_user() {
     assert_eq!(s("grubEfi")["grubMkimage"], format!("{grub_efi}/bin/grub-mkimage"));
     let hybrid = s("grubHybrid")["grub"].as_str().unwrap();
     assert!(hybrid.ends_with("-grub-modules"), "{hybrid}");
-    // That one folder holds both module folders.
-    let both = store.build("grubHybridModules");
-    assert_eq!(fs::read_to_string(store.host(&both)).unwrap(), "boot.img\nnormal.mod\n");
+    // That one folder holds both module folders (the stand-in packages copy Debian's).
+    let (boot_img, normal_mod) = (format!("{GRUB_PC}/boot.img"), format!("{GRUB_EFI}/normal.mod"));
+    if host_has(
+        "spec_keys_for_each_boot_loader_and_user: the hybrid GRUB module folder",
+        &[&boot_img, &normal_mod],
+        &[],
+    ) {
+        let both = store.build("grubHybridModules");
+        let want = [fs::read(&boot_img).unwrap(), fs::read(&normal_mod).unwrap()].concat();
+        assert!(fs::read(store.host(&both)).unwrap() == want, "i386-pc/boot.img + x86_64-efi/normal.mod");
+    }
+    assert_eq!(gl["bootTimeout"], 7, "boot.loader.timeout");
 
     // No loader enabled, or installBootLoader = false: none installed.
     for k in ["noLoader", "noInstall"] {
@@ -516,4 +561,207 @@ fn nixpkgs_assertions_fire_with_nixpkgs_messages() {
     // What nixpkgs allows still evaluates.
     let good = store.eval("good");
     assert_eq!(good.as_object().unwrap().len(), 3);
+}
+
+/// The filesystem of the manifest with this label.
+fn fs_labelled<'a>(manifest: &'a Value, label: &str) -> &'a Value {
+    manifest["filesystems"].as_array().unwrap().iter().find(|f| f["label"] == label).expect(label)
+}
+
+/// A file of the FAT filesystem at byte `off` of `img`, read by mtools.
+fn mtype(img: &Path, off: u64, path: &str) -> Vec<u8> {
+    let o = Command::new("mtype").arg("-i").arg(format!("{}@@{off}", img.display())).arg(format!("::{path}")).output();
+    let o = o.expect("run mtype");
+    assert!(o.status.success(), "mtype {path}: {}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+/// Sector 0 carries GRUB's boot.img code as grub-bios-setup leaves it: boot.img's bytes
+/// apart from the BPB area (0x03..0x5A, all zero in both), core.img's LBA at 0x5C, the boot
+/// drive (0xFF: the one booted from) at 0x64 and the drive check at 0x66 turned into two
+/// NOPs; the sector at that LBA is GRUB's diskboot.img, its blocklist (the last 12 bytes:
+/// start LBA, sectors, segment) pointing at the sectors after it (GRUB's boot.h, diskboot.S).
+fn check_grub_bios_code(img: &Path, core_lba: u64) {
+    let disk = fs::read(img).unwrap();
+    let boot_img = fs::read(format!("{GRUB_PC}/boot.img")).unwrap();
+    let mbr = &disk[..440];
+    let mut want = boot_img[..440].to_vec();
+    want[0x5C..0x64].copy_from_slice(&core_lba.to_le_bytes());
+    want[0x64] = 0xFF;
+    want[0x66..0x68].copy_from_slice(&[0x90, 0x90]);
+    let differ: Vec<String> = (0..440).filter(|&i| mbr[i] != want[i]).map(|i| format!("{i:#x}")).collect();
+    assert!(differ.is_empty(), "MBR boot code differs from GRUB's boot.img at {differ:?}");
+    assert_eq!(boot_img[0x66], 0xEB, "boot.img's drive check is a short jump, which the MBR does not keep");
+    assert_eq!(&disk[510..512], &[0x55, 0xAA]);
+
+    let diskboot = fs::read(format!("{GRUB_PC}/diskboot.img")).unwrap();
+    let at = (core_lba * 512) as usize;
+    let core = &disk[at..at + 512];
+    assert!(core[..500] == diskboot[..500], "core.img's first sector is not GRUB's diskboot.img");
+    let start = u64::from_le_bytes(core[500..508].try_into().unwrap());
+    let sectors = u16::from_le_bytes([core[508], core[509]]);
+    let segment = u16::from_le_bytes([core[510], core[511]]);
+    assert_eq!((start, segment), (core_lba + 1, 0x820), "blocklist");
+    assert!(sectors > 10, "core.img of {sectors} more sectors");
+    // Those sectors hold the rest of core.img (grub-mkimage's output, not zeros).
+    assert!(disk[at + 512..at + 512 * (1 + sectors as usize)].iter().any(|&b| b != 0));
+}
+
+/// Issue 6/7 through the function: systemd-boot from config.systemd.package, the EFI
+/// variable store from pkgs.OVMF.fd.variables, the timeout from boot.loader.timeout; the
+/// ESP read by mtools, the variable store by virt-fw-vars.
+#[test]
+fn systemd_boot_image_through_the_function() {
+    let test = "systemd_boot_image_through_the_function";
+    let Some(store) = NixStore::new(test) else { return };
+    if !host_has(test, &[SD_BOOT, OVMF_VARS, OVMF_CODE], &["mtype"]) {
+        return;
+    }
+    let out = store.build("fullSystemdBoot");
+    let expect = store.eval("expect");
+    let toplevel = expect["toplevel"].as_str().unwrap();
+    let manifest = check_out(&store, &out, "nixos.img", &["efi-vars.fd"]);
+    assert_eq!(manifest["partitionTableType"], "efi");
+    assert_eq!(
+        (manifest["bootLoader"].as_str(), manifest["efiVars"].as_str()),
+        (Some("systemd-boot"), Some("efi-vars.fd"))
+    );
+    assert_eq!(manifest["spec"]["systemdBoot"], expect["systemdBoot"]);
+    assert_eq!(manifest["spec"]["efiVariables"], expect["ovmfVars"]);
+    let img = store.host(&out).join("nixos.img");
+    let debian_sd = fs::read(SD_BOOT).unwrap();
+
+    // efi-vars.fd: Debian's template (by way of the stand-in OVMF.fd) with our entry.
+    let template = fs::read(OVMF_VARS).unwrap();
+    assert!(fs::read(store.host(expect["ovmfVars"].as_str().unwrap())).unwrap() == template);
+    let vars_path = store.host(&out).join("efi-vars.fd");
+    let vars = fs::read(&vars_path).unwrap();
+    assert_eq!(vars.len(), template.len());
+    assert!(vars != template, "efi-vars.fd is the template unchanged");
+    if tool_exists("virt-fw-vars") {
+        let o = Command::new("virt-fw-vars").arg("-i").arg(&vars_path).arg("--print").output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{text}");
+        for want in ["Boot0001", "Linux Boot Manager", "\\EFI\\systemd\\systemd-bootx64.efi", "boot order: 0001"] {
+            assert!(text.contains(want), "no '{want}' in virt-fw-vars --print:\n{text}");
+        }
+    } else {
+        eprintln!("SKIP {test}: virt-fw-vars check: not installed (pip install virt-firmware)");
+    }
+
+    // The ESP, as bootctl and NixOS' systemd-boot builder would have left it.
+    let esp = fs_labelled(&manifest, "ESP")["offset"].as_u64().unwrap();
+    assert!(mtype(&img, esp, "/EFI/systemd/systemd-bootx64.efi") == debian_sd, "EFI/systemd/systemd-bootx64.efi");
+    assert!(mtype(&img, esp, "/EFI/BOOT/BOOTX64.EFI") == debian_sd, "EFI/BOOT/BOOTX64.EFI");
+    let conf = String::from_utf8(mtype(&img, esp, "/loader/loader.conf")).unwrap();
+    assert_eq!(conf, "timeout 3\ndefault nixos-generation-1.conf\nconsole-mode keep\n", "boot.loader.timeout = 3");
+    let entry = String::from_utf8(mtype(&img, esp, "/loader/entries/nixos-generation-1.conf")).unwrap();
+    assert!(entry.contains(&format!("\noptions init={toplevel}/init console=ttyS0\n")), "{entry}");
+    // The bootspec's kernel and initrd, copied to the ESP.
+    for (key, file, stand_in) in [("linux", "bzImage", "kernel"), ("initrd", "initrd", "initrd")] {
+        let line = entry.lines().find_map(|l| l.strip_prefix(&format!("{key} "))).unwrap_or_else(|| panic!("{entry}"));
+        let want = fs::read(store.host(expect[stand_in].as_str().unwrap()).join(file)).unwrap();
+        assert!(mtype(&img, esp, line) == want, "{line} is the bootspec's {file}");
+    }
+}
+
+/// GRUB, NixOS' default loader, on the default (legacy) layout: the modules and
+/// grub-mkimage from config.system.build.grub (Debian's, in a stand-in package). The MBR and
+/// core.img are compared with GRUB's own boot.img and diskboot.img; grub.cfg read by debugfs.
+#[test]
+fn grub_bios_image_through_the_function() {
+    let test = "grub_bios_image_through_the_function";
+    let Some(store) = NixStore::new(test) else { return };
+    if !host_has(test, &[GRUB_PC, GRUB_MKIMAGE], &[]) {
+        return;
+    }
+    let out = store.build("fullGrub");
+    let expect = store.eval("expect");
+    let toplevel = expect["toplevel"].as_str().unwrap();
+    let manifest = check_out(&store, &out, "nixos.img", &[]);
+    assert_eq!(
+        (manifest["partitionTableType"].as_str(), manifest["bootLoader"].as_str()),
+        (Some("legacy"), Some("grub"))
+    );
+    let grub = expect["grub"].as_str().unwrap();
+    assert_eq!(manifest["spec"]["grub"], format!("{grub}/lib/grub"));
+    let img = store.host(&out).join("nixos.img");
+    // legacy: core.img right after the MBR.
+    check_grub_bios_code(&img, 1);
+
+    let root = fs_labelled(&manifest, "nixos");
+    let t = tempfile::tempdir().unwrap();
+    let root_fs = t.path().join("root.ext4");
+    cut(&img, root["offset"].as_u64().unwrap(), root["size"].as_u64().unwrap(), &root_fs);
+    e2fsck_clean(&root_fs);
+    let cfg = debugfs(&root_fs, "cat /boot/grub/grub.cfg");
+    let (kernel, initrd) = (expect["kernel"].as_str().unwrap(), expect["initrd"].as_str().unwrap());
+    let uuid = root["uuid"].as_str().unwrap();
+    for want in [
+        "set timeout=7\n".to_string(),
+        format!("search --set=drive1 --fs-uuid {uuid}\n"),
+        format!("  linux ($drive1){kernel}/bzImage init={toplevel}/init console=ttyS0\n"),
+        format!("  initrd ($drive1){initrd}/initrd\n"),
+    ] {
+        assert!(cfg.contains(&want), "no '{want}' in grub.cfg:\n{cfg}");
+    }
+    // The kernel it names is in the image's store (the root filesystem is the one searched).
+    assert_eq!(debugfs(&root_fs, &format!("cat {kernel}/bzImage")).len(), 70000);
+}
+
+/// GRUB on the hybrid layout: BIOS modules from config.system.build.grub and EFI ones from
+/// pkgs.grub2.override { efiSupport = true; }, in the one folder the function makes; core.img
+/// in the BIOS boot partition (found by sfdisk), BOOTX64.EFI and /boot on the ESP (mtools).
+#[test]
+fn grub_hybrid_image_through_the_function() {
+    let test = "grub_hybrid_image_through_the_function";
+    let Some(store) = NixStore::new(test) else { return };
+    if !host_has(test, &[GRUB_PC, GRUB_EFI, GRUB_MKIMAGE], &["mtype", "sfdisk", "blkid"]) {
+        return;
+    }
+    let out = store.build("fullGrubHybrid");
+    let expect = store.eval("expect");
+    let toplevel = expect["toplevel"].as_str().unwrap();
+    let manifest = check_out(&store, &out, "nixos.img", &[]);
+    assert_eq!(
+        (manifest["partitionTableType"].as_str(), manifest["bootLoader"].as_str()),
+        (Some("hybrid"), Some("grub"))
+    );
+    let modules = store.host(manifest["spec"]["grub"].as_str().unwrap());
+    for (platform, pkg) in [("i386-pc", "grub"), ("x86_64-efi", "grubEfi")] {
+        let to = format!("{}/lib/grub/{platform}", expect[pkg].as_str().unwrap());
+        assert_eq!(fs::read_link(modules.join(platform)).unwrap(), Path::new(&to));
+    }
+    let img = store.host(&out).join("nixos.img");
+
+    let o = Command::new("sfdisk").arg("-J").arg(&img).output().unwrap();
+    assert!(o.status.success(), "sfdisk -J: {}", String::from_utf8_lossy(&o.stderr));
+    let table: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    let start_of = |ty: &str| parts.iter().find(|p| p["type"] == ty).expect(ty)["start"].as_u64().unwrap();
+    check_grub_bios_code(&img, start_of("21686148-6449-6E6F-744E-656564454649"));
+
+    // The ESP is /boot: grub.cfg and the kernels there (install-grub.pl's copies), the
+    // filesystem found by its FAT serial as blkid reads it.
+    let esp = start_of("C12A7328-F81F-11D2-BA4B-00A0C93EC93B") * 512;
+    let o =
+        Command::new("blkid").args(["-p", "-o", "value", "-s", "UUID", "-O"]).arg(esp.to_string()).arg(&img).output();
+    let serial = String::from_utf8(o.unwrap().stdout).unwrap().trim().to_string();
+    assert_eq!(serial.len(), 9, "FAT serial '{serial}'");
+    let cfg = String::from_utf8(mtype(&img, esp, "/grub/grub.cfg")).unwrap();
+    assert!(cfg.contains(&format!("search --set=drive1 --fs-uuid {serial}\n")), "{cfg}");
+    let linux = cfg.lines().find_map(|l| l.trim().strip_prefix("linux ($drive1)")).unwrap_or_else(|| panic!("{cfg}"));
+    let (kernel_path, params) = linux.split_once(' ').unwrap();
+    assert_eq!(params, format!("init={toplevel}/init console=ttyS0"));
+    let kernel = fs::read(store.host(expect["kernel"].as_str().unwrap()).join("bzImage")).unwrap();
+    assert!(kernel_path.starts_with("/kernels/") && mtype(&img, esp, kernel_path) == kernel, "{kernel_path}");
+
+    // The removable EFI path: an x86-64 PE image (PE/COFF: "MZ", e_lfanew at 0x3C, "PE\0\0",
+    // machine 0x8664) made by grub-mkimage with its early config finding the ESP.
+    let efi = mtype(&img, esp, "/EFI/BOOT/BOOTX64.EFI");
+    assert_eq!(&efi[..2], b"MZ");
+    let pe = u32::from_le_bytes(efi[0x3C..0x40].try_into().unwrap()) as usize;
+    assert_eq!((&efi[pe..pe + 4], u16::from_le_bytes([efi[pe + 4], efi[pe + 5]])), (&b"PE\0\0"[..], 0x8664));
+    let early = format!("search --no-floppy --fs-uuid --set=root {serial}");
+    assert!(efi.windows(early.len()).any(|w| w == early.as_bytes()), "no '{early}' in BOOTX64.EFI");
 }

@@ -26,7 +26,7 @@ rec {
     additionalSpace = "8M";
   };
 
-  # A full image of the stand-in system (no boot loader: that is issue 6/7's part).
+  # A full image of the stand-in system, without a boot loader (the cases below have one).
   full = mdi {
     installBootLoader = false;
     additionalSpace = "16M";
@@ -63,6 +63,23 @@ rec {
       test -f "$diskImage"
       echo "$diskImage $bootSize $bootSizeMiB $(sectorsToBytes 3)" >$out/post-vm
     '';
+  };
+
+  # Full images whose boot loader the program installs from what the function maps
+  # config.boot.loader to: systemd-boot with an EFI variable store, GRUB for BIOS (the
+  # default loader and layout), GRUB for BIOS and EFI from two packages (hybrid).
+  fullSystemdBoot = mdi {
+    config = s.configSystemdBoot;
+    partitionTableType = "efi";
+    touchEFIVars = true;
+    additionalSpace = "16M";
+    bootSize = "64M";
+  };
+  fullGrub = mdi { additionalSpace = "16M"; };
+  fullGrubHybrid = mdi {
+    partitionTableType = "hybrid";
+    additionalSpace = "16M";
+    bootSize = "64M";
   };
 
   # The spec the function writes, for each boot loader configuration.
@@ -114,7 +131,8 @@ rec {
     systemdBoot = "${s.systemdPkg}/lib/systemd/boot/efi/systemd-bootx64.efi";
     grub = "${s.grub2}";
     grubEfi = "${s.grub2_efi}";
-    ovmfVars = "${s.ovmf.variables}";
+    ovmfVars = s.ovmf.variables;
+    ovmf = "${s.ovmf}";
     hello = "${s.hello}";
     greeter = "${s.greeter}";
     kernel = "${s.kernel}";

@@ -131,22 +131,41 @@ rec {
     echo "an additional path" >$out/data
   '' { };
 
+  # The boot loader inputs are Debian's files (systemd-boot-efi, grub-pc-bin,
+  # grub-efi-amd64-bin, grub-common, ovmf) in nixpkgs' package shapes, copied by the
+  # builders (no sandbox): only tests that build images with a boot loader build them.
+  # systemd's package: the EFI binary where bootctl finds it.
   systemdPkg = mk "systemd-stand-in" ''
     mkdir -p $out/lib/systemd/boot/efi
-    echo "systemd-boot stand-in" >$out/lib/systemd/boot/efi/systemd-bootx64.efi
+    cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi $out/lib/systemd/boot/efi/
   '' { };
-  grub2 = mk "grub-stand-in" ''
-    mkdir -p $out/lib/grub/i386-pc $out/bin
-    echo boot.img >$out/lib/grub/i386-pc/boot.img
-  '' { };
-  grub2_efi = mk "grub-efi-stand-in" ''
-    mkdir -p $out/lib/grub/x86_64-efi $out/bin
-    echo normal.mod >$out/lib/grub/x86_64-efi/normal.mod
-  '' { };
-  ovmf = {
-    variables = mk "OVMF_VARS.fd" "head -c 540672 /dev/zero >$out" { };
-    firmware = mk "OVMF_CODE.fd" "head -c 4096 /dev/zero >$out" { };
-  };
+  # grub2 (BIOS) and grub2_efi: lib/grub/<platform> and a grub-mkimage, which makes an
+  # image for any platform from the modules folder it is given.
+  grubPkg =
+    name: platform:
+    mk name ''
+      mkdir -p $out/lib/grub $out/bin
+      cp -r /usr/lib/grub/${platform} $out/lib/grub/
+      printf '#!/bin/sh\nexec /usr/bin/grub-mkimage "$@"\n' >$out/bin/grub-mkimage
+      chmod 0755 $out/bin/grub-mkimage
+    '' { };
+  grub2 = grubPkg "grub-stand-in" "i386-pc";
+  grub2_efi = grubPkg "grub-efi-stand-in" "x86_64-efi";
+  # nixpkgs' OVMF.fd: the fd output (FV/OVMF_CODE.fd, FV/OVMF_VARS.fd; here Debian's 4 MiB
+  # build) with passthru firmware and variables, store path strings of files in it.
+  ovmf =
+    let
+      fd = mk "OVMF-stand-in-fd" ''
+        mkdir -p $out/FV
+        cp /usr/share/OVMF/OVMF_CODE_4M.fd $out/FV/OVMF_CODE.fd
+        cp /usr/share/OVMF/OVMF_VARS_4M.fd $out/FV/OVMF_VARS.fd
+      '' { };
+    in
+    fd
+    // {
+      firmware = "${fd}/FV/OVMF_CODE.fd";
+      variables = "${fd}/FV/OVMF_VARS.fd";
+    };
 
   makeDiskImage = mk "make-disk-image-host" ''
     mkdir -p $out/bin
@@ -183,6 +202,7 @@ rec {
         zfsSupport = false;
       };
       systemd-boot.enable = false;
+      timeout = 7;
     };
     systemd.package = systemdPkg;
     users.users = {
