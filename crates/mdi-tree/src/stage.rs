@@ -12,7 +12,7 @@
 
 use crate::{EntryId, FileData, Kind, Timestamp, Tree, TreeError, ROOT};
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
@@ -219,15 +219,37 @@ pub fn stage(tree: &Tree, dir: &Path, opts: &StageOptions) -> Result<Staged, Tre
     }
 
     // Times of everything that exists now (setting a child's times leaves its folder's
-    // alone); device nodes and their folders get theirs in the script, after mknod.
+    // alone); device nodes and their folders get theirs in the script, after mknod. Modes
+    // that leave this process its access (a folder it can enter and write, a file it can
+    // read) are set for real; the others, only under fakeroot.
+    let special: HashSet<usize> = devices.iter().copied().chain(device_links.iter().map(|&(_, l)| l)).collect();
+    let mut faked_mode = vec![false; paths.len()];
     for (i, (id, rel)) in paths.iter().enumerate() {
-        if devices.contains(&i) || device_links.iter().any(|&(_, l)| l == i) {
+        if special.contains(&i) {
+            faked_mode[i] = true;
             continue;
         }
-        let m = &tree.get(*id).meta;
-        let ts = |t: Timestamp| rustix::fs::Timespec { tv_sec: t.secs, tv_nsec: t.nsecs.into() };
-        let times = rustix::fs::Timestamps { last_access: ts(opts.atime), last_modification: ts(m.mtime) };
+        let e = tree.get(*id);
         let p = abs(rel);
+        let perm = e.meta.perm & 0o7777;
+        let real = match e.kind {
+            Kind::Symlink { .. } => false,
+            Kind::Dir { .. } => perm & 0o700 == 0o700,
+            _ => perm & 0o400 != 0,
+        };
+        if real {
+            rustix::fs::chmodat(
+                rustix::fs::CWD,
+                &p,
+                rustix::fs::Mode::from_raw_mode(perm.into()),
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(|e| TreeError::Io { path: p.clone(), source: e.into() })?;
+        } else {
+            faked_mode[i] = !matches!(e.kind, Kind::Symlink { .. });
+        }
+        let ts = |t: Timestamp| rustix::fs::Timespec { tv_sec: t.secs, tv_nsec: t.nsecs.into() };
+        let times = rustix::fs::Timestamps { last_access: ts(opts.atime), last_modification: ts(e.meta.mtime) };
         rustix::fs::utimensat(rustix::fs::CWD, &p, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| TreeError::Io { path: p.clone(), source: e.into() })?;
     }
@@ -264,13 +286,15 @@ pub fn stage(tree: &Tree, dir: &Path, opts: &StageOptions) -> Result<Staged, Tre
     let mut owners: BTreeMap<(u32, u32), Vec<u8>> = BTreeMap::new();
     let mut modes: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
     let mut xattrs: Vec<u8> = Vec::new();
-    for (id, rel) in &paths {
+    for (i, (id, rel)) in paths.iter().enumerate() {
         let e = tree.get(*id);
-        let o = owners.entry((e.meta.uid, e.meta.gid)).or_default();
-        o.extend_from_slice(rel);
-        o.push(0);
-        // chmod follows symlinks; a symlink's own mode is always 0777 on Linux.
-        if !matches!(e.kind, Kind::Symlink { .. }) {
+        // Under fakeroot (without -u), a file it has not seen is owned by 0:0.
+        if (e.meta.uid, e.meta.gid) != (0, 0) {
+            let o = owners.entry((e.meta.uid, e.meta.gid)).or_default();
+            o.extend_from_slice(rel);
+            o.push(0);
+        }
+        if faked_mode[i] {
             let m = modes.entry(e.meta.perm & 0o7777).or_default();
             m.extend_from_slice(rel);
             m.push(0);

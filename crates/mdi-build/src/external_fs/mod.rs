@@ -159,6 +159,13 @@ fn stats(tree: &Tree) -> Stats {
     s
 }
 
+/// With MDI_TRACE set, says when a step ended (as build() does).
+fn trace(what: &str) {
+    if std::env::var_os("MDI_TRACE").is_some() {
+        eprintln!("[external fs] {what}");
+    }
+}
+
 fn cancelled(opts: &Options) -> Result<()> {
     if opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
         bail!("interrupted");
@@ -268,6 +275,7 @@ pub(crate) fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<
                 mdi_tree::TreeError::Cancelled => anyhow!("interrupted"),
                 e => anyhow::Error::new(e).context(format!("staging the tree for {other}")),
             })?;
+            trace("tree staged");
             cancelled(opts)?;
             match other {
                 "squashfs" => {
@@ -276,17 +284,12 @@ pub(crate) fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<
                     (file_len(&img)?, version("mksquashfs", "-version"), None, None, true)
                 }
                 "erofs" => {
-                    erofs_make(&staged, &img, opts)?;
-                    (
-                        file_len(&img)?,
-                        version("mkfs.erofs", "--help"),
-                        Some(opts.uuid.to_string()),
-                        Some(opts.label.to_string()),
-                        true,
-                    )
+                    let v = erofs_make(tree, &staged, &img, opts)?;
+                    (file_len(&img)?, v, Some(opts.uuid.to_string()), Some(opts.label.to_string()), true)
                 }
                 "btrfs" => {
-                    let b = btrfs(&staged, &img, &s, opts)?;
+                    let (b, n) = btrfs(&staged, &img, &s, opts)?;
+                    notes.extend(n);
                     (
                         b,
                         version("mkfs.btrfs", "--version"),
@@ -299,6 +302,7 @@ pub(crate) fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<
             }
         }
     };
+    trace("filesystem made");
     cancelled(opts)?;
     let part_bytes = match opts.size {
         Size::Auto { align, .. } => fs_bytes.next_multiple_of(align),
@@ -310,6 +314,9 @@ pub(crate) fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<
         }
     };
     copy_into(&img, sink, opts)?;
+    trace("filesystem copied into the image");
+    drop(tmp);
+    trace("staging folder removed");
     Ok(Report { part_bytes, fs_bytes, uuid, label, tool, reproducible, notes })
 }
 
@@ -392,40 +399,66 @@ fn squashfs(staged: &Staged, img: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn erofs_make(staged: &Staged, img: &Path, opts: &Options) -> Result<()> {
+/// Makes the erofs filesystem; returns the tool's version line.
+fn erofs_make(tree: &Tree, staged: &Staged, img: &Path, opts: &Options) -> Result<String> {
     let u = format!("-U{}", opts.uuid);
-    let args: Vec<&std::ffi::OsStr> = vec!["--quiet".as_ref(), u.as_ref(), img.as_os_str(), ".".as_ref()];
+    let args: Vec<&std::ffi::OsStr> = vec![u.as_ref(), img.as_os_str(), ".".as_ref()];
     // SOURCE_DATE_EPOCH makes mkfs.erofs use it as the build time and clamp file times to
     // it, keeping each file's own time (with nanoseconds); -T would overwrite them all.
-    run(fakeroot(staged, "mkfs.erofs", &args).env("SOURCE_DATE_EPOCH", opts.time.to_string()), "mkfs.erofs")?;
-    erofs::set_label(img, opts.label.as_bytes())
+    let out = run(fakeroot(staged, "mkfs.erofs", &args).env("SOURCE_DATE_EPOCH", opts.time.to_string()), "mkfs.erofs")
+        .map_err(|e| {
+            // erofs-utils 1.5 fails with ENOENT on a name of the full 255 bytes.
+            let mut long = None;
+            tree.walk(|id| {
+                if long.is_none() && tree.get(id).name.len() >= 255 {
+                    long = Some(tree.path_of(id));
+                }
+            });
+            match long {
+                Some(p) => e.context(format!(
+                    "mkfs.erofs (erofs-utils 1.5) cannot store a file name of 255 bytes such as '{p}'; shorten it or choose another fsType"
+                )),
+                None => e,
+            }
+        })?;
+    erofs::set_label(img, opts.label.as_bytes())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().find(|l| l.starts_with("mkfs.erofs ")).unwrap_or("mkfs.erofs").trim().to_string())
 }
 
 /// mkfs.btrfs refuses devices below this (btrfs-progs 6.2, DUP metadata).
 const BTRFS_MIN: u64 = 114_294_784;
 
-fn btrfs(staged: &Staged, img: &Path, s: &Stats, opts: &Options) -> Result<u64> {
-    // Metadata: inode item, refs, two directory items and an extent item per entry (about
-    // 600 bytes with names), file data up to 2 KiB inline, 4-byte checksums per data block;
-    // DUP doubles it, leaves are about half full, and chunks come in whole units.
+/// Makes the btrfs filesystem; returns its size and what to note.
+///
+/// `mkfs.btrfs --rootdir` (btrfs-progs 6.2) enlarges the file to its own estimate of what
+/// the folder needs when the file is smaller, whatever `-b` says, and that estimate is
+/// generous (1.1 GiB for 170 MB of files). The filesystem then fills the larger file, so
+/// the free space is at least what was asked. When a fixed partition is smaller than that
+/// estimate, `--shrink` makes the smallest filesystem that holds the files instead, and
+/// the partition keeps the rest for `btrfs filesystem resize max` at boot.
+fn btrfs(staged: &Staged, img: &Path, s: &Stats, opts: &Options) -> Result<(u64, Vec<String>)> {
+    // Our own floor: files (written whole: btrfs-progs 6.2 makes no holes), metadata of
+    // about 1 KiB per entry and names, DUP, plus the system and first chunks.
     let meta = s.entries * 1024 + s.name_len * 3 + s.file_bytes / 1024;
     let estimate = (s.file_bytes + s.file_bytes / 16 + 4 * meta + 96 * MIB).max(BTRFS_MIN);
     let (mut size, fixed) = match opts.size {
-        Size::Auto { extra, align } => ((estimate + extra).next_multiple_of(align), false),
+        Size::Auto { extra, align } => ((estimate + extra).next_multiple_of(align), None),
         Size::Fixed(b) => {
             if b < BTRFS_MIN {
                 return Err(too_small("btrfs", BTRFS_MIN, b, opts));
             }
-            (b, true)
+            (b, Some(b))
         }
     };
+    let mut shrink = false;
     for attempt in 0.. {
         let _ = std::fs::remove_file(img);
         let f = std::fs::File::create(img).with_context(|| format!("creating '{}'", img.display()))?;
         f.set_len(size)?;
         drop(f);
         let u = opts.uuid.to_string();
-        let args: Vec<&std::ffi::OsStr> = vec![
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             "-q".as_ref(),
             "-f".as_ref(),
             "-K".as_ref(),
@@ -445,15 +478,31 @@ fn btrfs(staged: &Staged, img: &Path, s: &Stats, opts: &Options) -> Result<u64> 
             "crc32c".as_ref(),
             "--rootdir".as_ref(),
             ".".as_ref(),
-            img.as_os_str(),
         ];
+        if shrink {
+            args.push("--shrink".as_ref());
+        }
+        args.push(img.as_os_str());
         match run(fakeroot(staged, "mkfs.btrfs", &args).env("SOURCE_DATE_EPOCH", opts.time.to_string()), "mkfs.btrfs") {
-            Ok(_) => return Ok(size),
-            Err(e) if out_of_space(&e) && fixed => {
-                return Err(too_small("btrfs", estimate.max(size + size / 2), size, opts).context(e));
+            Ok(_) => {
+                let made = file_len(img)?;
+                match fixed {
+                    Some(have) if made > have && !shrink => shrink = true,
+                    Some(have) if made > have => return Err(too_small("btrfs", made, have, opts)),
+                    Some(have) if made < have => {
+                        let note = format!(
+                            "the btrfs filesystem is {made} bytes, smaller than its {have}-byte partition (btrfs-progs sized it for its files); grow it with 'btrfs filesystem resize max /'"
+                        );
+                        return Ok((made, vec![note]));
+                    }
+                    _ => return Ok((made, Vec::new())),
+                }
+            }
+            Err(e) if out_of_space(&e) && (fixed.is_some() || attempt >= 4) => {
+                return Err(too_small("btrfs", size + size / 2, size, opts).context(e));
             }
             // The estimate was short: grow by half (still a function of the tree only).
-            Err(e) if out_of_space(&e) && attempt < 4 => size = (size + size / 2).next_multiple_of(MIB),
+            Err(e) if out_of_space(&e) => size = (size + size / 2).next_multiple_of(MIB),
             Err(e) => return Err(e),
         }
         cancelled(opts)?;
