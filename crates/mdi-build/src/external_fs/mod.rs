@@ -17,6 +17,7 @@
 //!   and subvolume UUIDs at random with no option to set them. Its root folder also gets
 //!   the build time and mode 0755 whatever the tree says, and times lose their nanoseconds.
 
+mod btrfs_fsid;
 mod erofs;
 mod xfs;
 
@@ -25,8 +26,10 @@ use mdi_ident::Uuid;
 use mdi_sink::Sink;
 use mdi_tree::stage::{stage, StageOptions, Staged};
 use mdi_tree::{Kind, Timestamp, Tree};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -288,7 +291,7 @@ pub(crate) fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<
                     (file_len(&img)?, v, Some(opts.uuid.to_string()), Some(opts.label.to_string()), true)
                 }
                 "btrfs" => {
-                    let (b, n) = btrfs(&staged, &img, &s, opts)?;
+                    let (b, n) = btrfs(tree, &staged, &img, &s, opts)?;
                     notes.extend(n);
                     (
                         b,
@@ -437,7 +440,7 @@ const BTRFS_MIN: u64 = 114_294_784;
 /// the free space is at least what was asked. When a fixed partition is smaller than that
 /// estimate, `--shrink` makes the smallest filesystem that holds the files instead, and
 /// the partition keeps the rest for `btrfs filesystem resize max` at boot.
-fn btrfs(staged: &Staged, img: &Path, s: &Stats, opts: &Options) -> Result<(u64, Vec<String>)> {
+fn btrfs(tree: &Tree, staged: &Staged, img: &Path, s: &Stats, opts: &Options) -> Result<(u64, Vec<String>)> {
     // Our own floor: files (written whole: btrfs-progs 6.2 makes no holes), metadata of
     // about 1 KiB per entry and names, DUP, plus the system and first chunks.
     let meta = s.entries * 1024 + s.name_len * 3 + s.file_bytes / 1024;
@@ -457,13 +460,11 @@ fn btrfs(staged: &Staged, img: &Path, s: &Stats, opts: &Options) -> Result<(u64,
         let f = std::fs::File::create(img).with_context(|| format!("creating '{}'", img.display()))?;
         f.set_len(size)?;
         drop(f);
-        let u = opts.uuid.to_string();
+        // A random UUID here, ours afterwards (see btrfs_fsid).
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "-q".as_ref(),
             "-f".as_ref(),
             "-K".as_ref(),
-            "-U".as_ref(),
-            u.as_ref(),
             "-L".as_ref(),
             opts.label.as_ref(),
             "--data".as_ref(),
@@ -486,6 +487,17 @@ fn btrfs(staged: &Staged, img: &Path, s: &Stats, opts: &Options) -> Result<(u64,
         match run(fakeroot(staged, "mkfs.btrfs", &args).env("SOURCE_DATE_EPOCH", opts.time.to_string()), "mkfs.btrfs") {
             Ok(_) => {
                 let made = file_len(img)?;
+                // mkfs.btrfs numbers each inode as its staged file's inode number plus 256
+                // (BTRFS_FIRST_FREE_OBJECTID); fakeroot's device nodes are plain files.
+                let mut devices = HashMap::new();
+                for (id, rel) in mdi_tree::stage::relative_paths(tree) {
+                    if let Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } = tree.get(id).kind {
+                        let p = staged.root.join(std::ffi::OsStr::from_bytes(&rel));
+                        let md = std::fs::symlink_metadata(&p).with_context(|| format!("'{}'", p.display()))?;
+                        devices.insert(md.ino() + 256, (major, minor));
+                    }
+                }
+                btrfs_fsid::set_fsid(img, btrfs_fsid::read_fsid(img)?, opts.uuid.0, &devices)?;
                 match fixed {
                     Some(have) if made > have && !shrink => shrink = true,
                     Some(have) if made > have => return Err(too_small("btrfs", made, have, opts)),

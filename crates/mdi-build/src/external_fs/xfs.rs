@@ -26,6 +26,24 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
+/// Longest symlink target xfs holds (xfs_format.h, XFS_SYMLINK_MAXLEN); mkfs.xfs 6.1
+/// writes a longer one without complaint, and the kernel then finds the inode corrupt.
+const XFS_SYMLINK_MAXLEN: usize = 1024;
+
+/// Inode size for the tree. mkfs.xfs 6.1 writes a symlink target that does not fit in its
+/// inode into a block without the v5 block header, which the kernel rejects ("Structure
+/// needs cleaning"); so inodes are made big enough to hold every target inside. An inode
+/// holds (size - 176) bytes after its v3 core (xfs_format.h, struct xfs_dinode).
+fn inode_size(tree: &Tree) -> u64 {
+    let mut longest = 0;
+    tree.walk(|id| {
+        if let Kind::Symlink { target } = &tree.get(id).kind {
+            longest = longest.max(target.len() as u64);
+        }
+    });
+    [512, 1024, 2048].into_iter().find(|s| longest <= s - 176).unwrap_or(2048)
+}
+
 /// mkfs.xfs refuses smaller filesystems ("Filesystem must be larger than 300MB").
 const XFS_MIN: u64 = 300 * MIB;
 
@@ -49,7 +67,13 @@ pub(super) fn check(tree: &Tree) -> Result<()> {
                 tree.path_of(id)
             ));
         } else if let Kind::Symlink { target } = &e.kind {
-            if !token_ok(target) {
+            if target.len() > XFS_SYMLINK_MAXLEN {
+                err = Some(anyhow!(
+                    "symlink '{}': xfs holds targets of at most {XFS_SYMLINK_MAXLEN} bytes and this one has {}; shorten it or choose another fsType",
+                    tree.path_of(id),
+                    target.len()
+                ));
+            } else if !token_ok(target) {
                 err = Some(anyhow!(
                     "symlink '{}': xfsprogs' prototype files (mkfs.xfs -p) cannot hold a target with whitespace or one that starts with ':'; change it or choose another fsType",
                     tree.path_of(id)
@@ -60,7 +84,8 @@ pub(super) fn check(tree: &Tree) -> Result<()> {
                 "'{}' is a socket, which xfsprogs' prototype files (mkfs.xfs -p) cannot create; remove it or choose another fsType",
                 tree.path_of(id)
             ));
-        } else if !e.meta.xattrs.is_empty() {
+        }
+        if err.is_none() && !e.meta.xattrs.is_empty() {
             err = Some(anyhow!(
                 "'{}' has extended attributes, which xfsprogs 6.1 cannot put into an xfs filesystem built without root; remove them or choose another fsType (btrfs, erofs)",
                 tree.path_of(id)
@@ -218,9 +243,11 @@ pub(super) fn make(tree: &Tree, dir: &Path, img: &Path, s: &Stats, opts: &Option
     std::fs::write(dir.join("proto"), &proto)?;
     // Data (each name a copy), 512-byte inodes and folder blocks, the log (64 MiB from
     // 1 GiB up, in xfsprogs ≥ 5.15) and AG headers.
-    let estimate = (s.name_bytes + s.name_bytes / 32 + s.entries * 2048 + 96 * MIB).max(XFS_MIN);
+    let isize = inode_size(tree);
+    let per_entry = isize + 1536;
+    let estimate = (s.name_bytes + s.name_bytes / 32 + s.entries * per_entry + 96 * MIB).max(XFS_MIN);
     // All data fits in one AG of a two-AG filesystem of this size.
-    let two_ag = 2 * (s.name_bytes + s.entries * 2048 + 64 * MIB) + 96 * MIB;
+    let two_ag = 2 * (s.name_bytes + s.entries * per_entry + 64 * MIB) + 96 * MIB;
     let (mut size, fixed) = match opts.size {
         Size::Auto { extra, align } => ((estimate + extra).next_multiple_of(align), false),
         Size::Fixed(b) => {
@@ -242,6 +269,7 @@ pub(super) fn make(tree: &Tree, dir: &Path, img: &Path, s: &Stats, opts: &Option
         if !opts.label.is_empty() {
             c.arg("-L").arg(opts.label);
         }
+        c.arg("-i").arg(format!("size={isize}"));
         if two_ags {
             c.args(["-d", "agcount=2"]);
         }
