@@ -131,9 +131,18 @@ fn bigtime(t: Timestamp) -> u64 {
     secs * 1_000_000_000 + u64::from(t.nsecs)
 }
 
-/// Writes the prototype file and the data links into `dir`; returns the xfs_db commands
-/// and, per regular file with data, its path and expected block count.
-fn prototype(tree: &Tree, dir: &Path, time: i64) -> Result<(Vec<u8>, Vec<u8>, Vec<(String, u64)>)> {
+/// What [`prototype`] makes.
+struct Prototype {
+    /// The prototype file.
+    proto: Vec<u8>,
+    /// xfs_db commands setting times and modes, printing each data file's block count.
+    cmds: Vec<u8>,
+    /// Per regular file with data: its path and expected block count.
+    checks: Vec<(String, u64)>,
+}
+
+/// Writes the prototype file and the data links into `dir`.
+fn prototype(tree: &Tree, dir: &Path, time: i64) -> Result<Prototype> {
     let data_dir = dir.join("data");
     std::fs::create_dir(&data_dir).with_context(|| format!("creating '{}'", data_dir.display()))?;
     let mut proto = b"make-disk-image\n0 0\n".to_vec();
@@ -234,12 +243,12 @@ fn prototype(tree: &Tree, dir: &Path, time: i64) -> Result<(Vec<u8>, Vec<u8>, Ve
             stack.push((c, path, 0));
         }
     }
-    Ok((proto, cmds, checks))
+    Ok(Prototype { proto, cmds, checks })
 }
 
 /// Makes the xfs filesystem in `img`; returns its size.
 pub(super) fn make(tree: &Tree, dir: &Path, img: &Path, s: &Stats, opts: &Options) -> Result<u64> {
-    let (proto, cmds, checks) = prototype(tree, dir, opts.time)?;
+    let Prototype { proto, cmds, checks } = prototype(tree, dir, opts.time)?;
     std::fs::write(dir.join("proto"), &proto)?;
     // Data (each name a copy), 512-byte inodes and folder blocks, the log (64 MiB from
     // 1 GiB up, in xfsprogs ≥ 5.15) and AG headers.
