@@ -344,3 +344,26 @@ pub(super) fn make(tree: &Tree, dir: &Path, img: &Path, s: &Stats, opts: &Option
     }
     Err(anyhow!("mkfs.xfs kept running out of space; set a fixed diskSize"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prototype_tokens() {
+        assert_eq!(mode_token(&Kind::Dir { children: Vec::new() }, 0o2755), "d-g755");
+        assert_eq!(mode_token(&Kind::Fifo, 0o4644), "pu-644");
+        assert!(token_ok(b"a\"b'c#d\\e:f"));
+        for bad in [&b"a b"[..], b"a\tb", b":x", b"$", b""] {
+            assert!(!token_ok(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bigtime_counts_nanoseconds_from_1901() {
+        // 1970-01-01T00:00:00Z is 2^31 s after XFS_BIGTIME_EPOCH_OFFSET's epoch.
+        assert_eq!(bigtime(Timestamp::from_secs(0)), 2_147_483_648_000_000_000);
+        assert_eq!(bigtime(Timestamp { secs: 1_600_000_000, nsecs: 123 }), 3_747_483_648_000_000_123);
+        assert_eq!(bigtime(Timestamp::from_secs(i64::MIN)), 0);
+    }
+}
