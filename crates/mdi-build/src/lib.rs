@@ -5,6 +5,7 @@
 mod boot;
 mod content;
 mod demo;
+mod external_fs;
 pub mod layout;
 pub mod spec;
 
@@ -189,9 +190,6 @@ const HASH_LIMIT: u64 = 16 << 30;
 /// Runs a whole build into `out_dir`.
 pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     let before = OutDirBefore::capture(out_dir);
-    if spec.fs_type != "ext4" {
-        bail!("fsType '{}' is not implemented yet; use ext4", spec.fs_type);
-    }
     let loader = boot::wanted(spec)?;
     let sde = source_date_epoch(spec)?;
     let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
@@ -301,38 +299,93 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     let root_start = plan.root().start;
     let label =
         spec.label.clone().unwrap_or_else(|| if spec.only_nix_store { "nix-store".into() } else { "nixos".into() });
-    let size = match spec.disk_size()? {
-        DiskSize::Auto => {
-            mdi_ext4::SizeRequest::Auto { extra_bytes: spec.additional_space()?, align_bytes: layout::MIB }
-        }
-        DiskSize::Bytes(b) => mdi_ext4::SizeRequest::Fixed { bytes: plan.root_size_for_disk(b)? },
-    };
-    let opts = mdi_ext4::Options {
-        size,
-        uuid: fs_uuid.0,
-        hash_seed: seed.uuid(b"ext4-hash-seed").0,
-        label: label.as_bytes().to_vec(),
-        time: sde,
-        cancel: ctx.cancel.clone(),
-        progress: ctx.progress.clone(),
-    };
-    let report = {
-        let mut part_sink = mdi_sink::OffsetSink { inner: &mut *sink, offset: root_start };
-        mdi_ext4::write(&tree, &opts, &mut part_sink).map_err(|e| match e {
-            mdi_ext4::Error::TooSmall { need, have } => {
-                let extra = plan.disk_size(0);
-                anyhow!(
-                    "diskSize is too small: the root filesystem needs at least {need} bytes but the disk leaves it {have} bytes; set diskSize to at least {} (MiB) or to \"auto\"",
-                    (need + extra).div_ceil(layout::MIB)
-                )
+    let (root_size, root_fs) = if spec.fs_type == "ext4" {
+        let size = match spec.disk_size()? {
+            DiskSize::Auto => {
+                mdi_ext4::SizeRequest::Auto { extra_bytes: spec.additional_space()?, align_bytes: layout::MIB }
             }
-            mdi_ext4::Error::Write(io) => write_err(io),
-            e => anyhow::Error::new(e),
-        })?
-    };
-    let root_size = match size {
-        mdi_ext4::SizeRequest::Fixed { bytes } => bytes,
-        _ => report.bytes,
+            DiskSize::Bytes(b) => mdi_ext4::SizeRequest::Fixed { bytes: plan.root_size_for_disk(b)? },
+        };
+        let opts = mdi_ext4::Options {
+            size,
+            uuid: fs_uuid.0,
+            hash_seed: seed.uuid(b"ext4-hash-seed").0,
+            label: label.as_bytes().to_vec(),
+            time: sde,
+            cancel: ctx.cancel.clone(),
+            progress: ctx.progress.clone(),
+        };
+        let report = {
+            let mut part_sink = mdi_sink::OffsetSink { inner: &mut *sink, offset: root_start };
+            mdi_ext4::write(&tree, &opts, &mut part_sink).map_err(|e| match e {
+                mdi_ext4::Error::TooSmall { need, have } => {
+                    let extra = plan.disk_size(0);
+                    anyhow!(
+                        "diskSize is too small: the root filesystem needs at least {need} bytes but the disk leaves it {have} bytes; set diskSize to at least {} (MiB) or to \"auto\"",
+                        (need + extra).div_ceil(layout::MIB)
+                    )
+                }
+                mdi_ext4::Error::Write(io) => write_err(io),
+                e => anyhow::Error::new(e),
+            })?
+        };
+        let root_size = match size {
+            mdi_ext4::SizeRequest::Fixed { bytes } => bytes,
+            _ => report.bytes,
+        };
+        let fs = json!({
+            "role": "root",
+            "partition": plan.root().number,
+            "type": "ext4",
+            "offset": root_start,
+            "size": report.bytes,
+            "uuid": fs_uuid.to_string(),
+            "label": label,
+            "blocks": report.blocks,
+            "freeBlocks": report.free_blocks,
+            "inodes": report.inodes,
+            "freeInodes": report.free_inodes,
+            "groups": report.groups,
+            "dataBytes": report.data_bytes,
+        });
+        (root_size, fs)
+    } else {
+        // DESIGN §4.4: the filesystem's own mkfs tool (or our FAT writer for vfat).
+        let size = match spec.disk_size()? {
+            DiskSize::Auto => external_fs::Size::Auto { extra: spec.additional_space()?, align: layout::MIB },
+            DiskSize::Bytes(b) => external_fs::Size::Fixed(plan.root_size_for_disk(b)?),
+        };
+        let opts = external_fs::Options {
+            fs_type: &spec.fs_type,
+            size,
+            uuid: fs_uuid,
+            label: &label,
+            time: sde,
+            work_dir: &out_dir,
+            temp_prefix: &format!(".{file_name}."),
+            disk_overhead: plan.disk_size(0),
+            offset: root_start,
+            cancel: ctx.cancel.as_deref(),
+            progress: ctx.progress.as_deref(),
+        };
+        let r = {
+            let mut part_sink = mdi_sink::OffsetSink { inner: &mut *sink, offset: root_start };
+            external_fs::write(&tree, &opts, &mut part_sink)?
+        };
+        let fs = json!({
+            "role": "root",
+            "partition": plan.root().number,
+            "type": spec.fs_type,
+            "offset": root_start,
+            "size": r.part_bytes,
+            "fsBytes": r.fs_bytes,
+            "uuid": r.uuid,
+            "label": r.label,
+            "tool": r.tool,
+            "reproducible": r.reproducible,
+            "notes": r.notes,
+        });
+        (r.part_bytes, fs)
     };
     let disk_bytes = match spec.disk_size()? {
         DiskSize::Bytes(b) => b,
@@ -375,21 +428,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     })?;
     let sha256 = sha256.context("hashing the image")?;
     phase("image flushed and hashed");
-    filesystems.push(json!({
-        "role": "root",
-        "partition": plan.root().number,
-        "type": "ext4",
-        "offset": root_start,
-        "size": report.bytes,
-        "uuid": fs_uuid.to_string(),
-        "label": label,
-        "blocks": report.blocks,
-        "freeBlocks": report.free_blocks,
-        "inodes": report.inodes,
-        "freeInodes": report.free_inodes,
-        "groups": report.groups,
-        "dataBytes": report.data_bytes,
-    }));
+    filesystems.push(root_fs);
     let partitions: Vec<serde_json::Value> = plan
         .parts
         .iter()

@@ -354,7 +354,8 @@ impl Spec {
             });
         }
         if let Some(l) = &self.label {
-            if l.len() > 16 {
+            // Other filesystems have other limits, checked when they are made.
+            if self.fs_type == "ext4" && l.len() > 16 {
                 return Err(SpecError::BadValue {
                     key: "label".into(),
                     what: format!("'{l}' is longer than ext4's 16 bytes"),
@@ -388,12 +389,6 @@ impl Spec {
                     what: "onlyNixStore needs closureInfo (a folder with store-paths and registration)".into(),
                 });
             }
-        }
-        if self.partition_table_type != "none" && self.fs_type != "ext4" {
-            return Err(SpecError::BadValue {
-                key: "fsType".into(),
-                what: "partitioned layouts need fsType ext4 (as in nixpkgs)".into(),
-            });
         }
         if self.touch_efi_vars
             && !["hybrid", "efi", "efixbootldr", "legacy+gpt"].contains(&self.partition_table_type.as_str())

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod host;
+pub mod stage;
 
 pub use host::{scan_host, ScanOptions};
 pub use mdi_ident::Timestamp;
@@ -138,6 +139,12 @@ pub enum TreeError {
     /// A source has a type the image cannot hold.
     #[error("'{0}' has a file type that cannot go into an image")]
     UnsupportedType(PathBuf),
+    /// A source file became shorter while it was copied.
+    #[error("'{0}' changed while it was being copied; build again once it stays put")]
+    SourceChanged(PathBuf),
+    /// The build was interrupted.
+    #[error("interrupted")]
+    Cancelled,
 }
 
 /// The tree. Entry 0 is the root directory.
