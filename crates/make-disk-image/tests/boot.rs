@@ -84,6 +84,11 @@ enum Firmware<'a> {
 /// Boots `image` and returns the serial console output up to the marker (panics with the
 /// output on timeout or when the guest stops without printing it).
 fn boot(image: &Path, format: &str, fw: Firmware, marker: &str) -> String {
+    boot_until(image, format, fw, &format!("MDI-BOOT-MARKER: {marker}"))
+}
+
+/// Boots `image` until the serial console shows `want`.
+fn boot_until(image: &Path, format: &str, fw: Firmware, want: &str) -> String {
     let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let accel = std::env::var("MDI_BOOT_ACCEL").unwrap_or_else(|_| "tcg".into());
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -114,13 +119,12 @@ fn boot(image: &Path, format: &str, fw: Firmware, marker: &str) -> String {
     });
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut log = String::new();
-    let want = format!("MDI-BOOT-MARKER: {marker}");
     let found = loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => {
                 log.push_str(&line);
                 log.push('\n');
-                if line.contains(&want) {
+                if line.contains(want) {
                     break true;
                 }
             }
@@ -257,6 +261,25 @@ fn efi_vars_entry_boots_without_the_removable_path() {
         assert!(text.contains("boot order: 0001"), "{text}");
     } else {
         eprintln!("SKIP virt-fw-vars check: not installed (pip install virt-firmware)");
+    }
+}
+
+/// GRUB reads /boot from btrfs and xfs roots (legacy layout: /boot on the root). The
+/// test initrd mounts ext4 only (btrfs and xfs are modules in Debian's cloud kernel), so
+/// the proof is the kernel starting with the bootspec's command line.
+#[test]
+fn grub_finds_the_kernel_on_btrfs_and_xfs_roots() {
+    let Some(sys) = system() else { return };
+    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for fs_type in ["btrfs", "xfs"] {
+        if !tool_exists(&format!("mkfs.{fs_type}")) {
+            eprintln!("SKIP {fs_type}: mkfs.{fs_type} missing");
+            continue;
+        }
+        let (out, _) =
+            build_image(sys, &t.path().join(fs_type), &["--partition-table-type", "legacy", "--fs-type", fs_type]);
+        let log = boot_until(&out.join("nixos.img"), "raw", Firmware::Bios, "MDI-BOOT-CMDLINE: ");
+        check_cmdline(&log, sys);
     }
 }
 

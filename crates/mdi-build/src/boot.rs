@@ -241,7 +241,21 @@ fn install_grub(
             };
             (fat_uuid(p), "/grub".to_string(), k, i)
         }
-        None => (root_uuid.to_string(), "/boot/grub".to_string(), entry.kernel.clone(), entry.initrd.clone()),
+        None => {
+            if !matches!(spec.fs_type.as_str(), "ext4" | "btrfs" | "xfs") {
+                bail!(
+                    "GRUB cannot find /boot on a {} root filesystem by UUID; use a layout with a boot partition (legacy+boot, efi, hybrid) or fsType ext4, btrfs or xfs",
+                    spec.fs_type
+                );
+            }
+            (root_uuid.to_string(), "/boot/grub".to_string(), entry.kernel.clone(), entry.initrd.clone())
+        }
+    };
+    // GRUB's driver for the filesystem holding /boot.
+    let boot_fs_module = match (boot_fat.is_some(), spec.fs_type.as_str()) {
+        (true, _) => "fat",
+        (false, "ext4") => "ext2",
+        (false, other) => other,
     };
     put_text(tree, "/boot/grub/grub.cfg", grub_cfg(spec, entry, &uuid, &kernel_path, initrd_path.as_deref()), time)?;
     let early = format!("search --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root){grub_dir}\n");
@@ -259,8 +273,7 @@ fn install_grub(
             "biosdisk",
             "part_msdos",
             "part_gpt",
-            "ext2",
-            "fat",
+            boot_fs_module,
             "search",
             "search_fs_uuid",
             "normal",
@@ -307,8 +320,7 @@ fn install_grub(
         let modules = [
             "part_gpt",
             "part_msdos",
-            "fat",
-            "ext2",
+            boot_fs_module,
             "search",
             "search_fs_uuid",
             "normal",
