@@ -76,6 +76,22 @@ pub(crate) struct Vhdx {
     block: u64,
     chunk_ratio: u64,
     bat: Vec<u64>,
+    header: Vec<(&'static str, String)>,
+}
+
+/// A GUID in its usual text form from its on-disk (mixed-endian) bytes.
+fn guid_text(b: &[u8]) -> String {
+    format!(
+        "{:08x}-{:04x}-{:04x}-{}",
+        le32(b, 0),
+        le16(b, 4),
+        le16(b, 6),
+        b[8..16]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| if i == 2 { format!("-{x:02x}") } else { format!("{x:02x}") })
+            .collect::<String>()
+    )
 }
 
 impl Vhdx {
@@ -96,6 +112,20 @@ impl Vhdx {
         let Some((_, h)) = current else {
             return Err(src.bad("no valid VHDX header"));
         };
+        let mut ident = vec![0u8; 520];
+        src.read(0, &mut ident, "the VHDX file type identifier")?;
+        let creator: Vec<u16> = ident[8..520].chunks_exact(2).map(|c| le16(c, 0)).take_while(|&u| u != 0).collect();
+        let mut header = vec![
+            ("Creator", String::from_utf16_lossy(&creator)),
+            ("SequenceNumber", le64(&h, 8).to_string()),
+            ("FileWriteGuid", guid_text(&h[16..32])),
+            ("DataWriteGuid", guid_text(&h[32..48])),
+            ("LogGuid", guid_text(&h[48..64])),
+            ("LogVersion", le16(&h, 64).to_string()),
+            ("Version", le16(&h, 66).to_string()),
+            ("LogLength", le32(&h, 68).to_string()),
+            ("LogOffset", le64(&h, 72).to_string()),
+        ];
         if le16(&h, 66) != 1 {
             return Err(src.unsupported(format_args!("VHDX version {} is not supported", le16(&h, 66))));
         }
@@ -127,6 +157,10 @@ impl Vhdx {
         for e in r[16..].chunks_exact(32).take(count) {
             let id: [u8; 16] = e[..16].try_into().expect("16 bytes");
             let place = (le64(e, 16), u64::from(le32(e, 24)));
+            header.push((
+                "Region",
+                format!("{} at {} length {} required {}", guid_text(&id), place.0, place.1, le32(e, 28) & 1),
+            ));
             if id == BAT_REGION {
                 bat_region = Some(place);
             } else if id == METADATA_REGION {
@@ -182,7 +216,14 @@ impl Vhdx {
                          convert needs a self-contained image",
                     ))
                 }
-                VIRTUAL_DISK_ID | PHYSICAL_SECTOR_SIZE => {}
+                VIRTUAL_DISK_ID => {
+                    need(16)?;
+                    header.push(("VirtualDiskId", guid_text(item)));
+                }
+                PHYSICAL_SECTOR_SIZE => {
+                    need(4)?;
+                    header.push(("PhysicalSectorSize", le32(item, 0).to_string()));
+                }
                 _ if le32(e, 24) & 4 != 0 => {
                     return Err(src.unsupported("has an unknown required VHDX metadata item"));
                 }
@@ -205,6 +246,12 @@ impl Vhdx {
             return Err(src.bad(format_args!("VHDX disk size {size} is above 64 TiB")));
         }
         let chunk_ratio = (1 << 23) * lss / block;
+        header.extend([
+            ("BlockSize", block.to_string()),
+            ("FileParametersFlags", flags.to_string()),
+            ("VirtualDiskSize", size.to_string()),
+            ("LogicalSectorSize", lss.to_string()),
+        ]);
 
         // BAT: entries up to the last payload block's.
         let blocks = size.div_ceil(block);
@@ -214,7 +261,7 @@ impl Vhdx {
         }
         let raw = src.table(bat_region.0, entries * 8, "VHDX BAT")?;
         let bat = raw.chunks_exact(8).map(|e| le64(e, 0)).collect();
-        Ok(Vhdx { src, size, block, chunk_ratio, bat })
+        Ok(Vhdx { src, size, block, chunk_ratio, bat, header })
     }
 
     /// The file offset of payload block `k`, or None when it reads as zeros.
@@ -237,6 +284,10 @@ impl Vhdx {
 impl Image for Vhdx {
     fn format(&self) -> Format {
         Format::Vhdx
+    }
+
+    fn header(&self) -> &[(&'static str, String)] {
+        &self.header
     }
 
     fn virtual_size(&self) -> u64 {
