@@ -130,6 +130,22 @@ impl Sink for OffsetSink<'_> {
     }
 }
 
+/// A disk in memory, growing as it is written (tests, and the readers' fuzzing).
+#[derive(Clone, Debug, Default)]
+pub struct MemSink(pub Vec<u8>);
+
+impl Sink for MemSink {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| io::Error::other("offset too large for memory"))?;
+        let end = start + data.len();
+        if self.0.len() < end {
+            self.0.resize(end, 0);
+        }
+        self.0[start..end].copy_from_slice(data);
+        Ok(())
+    }
+}
+
 /// Positional reads of a disk, a partition or a file: the read side of the seam, used by
 /// the readers of partition tables and filesystems (`make-disk-image inspect`).
 ///
