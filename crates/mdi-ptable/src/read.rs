@@ -156,7 +156,7 @@ fn read_sectors(disk: &dyn ReadAt, lba: u64, count: u64) -> io::Result<Vec<u8>> 
     let len = count.checked_mul(SECTOR).filter(|&l| l <= MAX_ARRAY + SECTOR).ok_or_else(|| too_big(count))?;
     let off = lba.checked_mul(SECTOR).ok_or_else(|| too_big(lba))?;
     let mut b = vec![0u8; len as usize];
-    disk.read_exact_at(off, &mut b)?;
+    disk.read_at(off, &mut b)?;
     Ok(b)
 }
 

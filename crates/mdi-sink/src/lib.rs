@@ -154,7 +154,7 @@ pub trait ReadAt {
     /// Bytes readable.
     fn size(&self) -> u64;
     /// Fills `buf` from byte `offset`; reading past [`ReadAt::size`] is an error.
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
 }
 
 /// The error for a read past the end of a source of `size` bytes.
@@ -169,7 +169,7 @@ impl ReadAt for [u8] {
     fn size(&self) -> u64 {
         self.len() as u64
     }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let start = usize::try_from(offset).ok().filter(|&s| s <= self.len());
         match start.and_then(|s| s.checked_add(buf.len()).map(|e| (s, e))) {
             Some((s, e)) if e <= self.len() => {
@@ -185,8 +185,8 @@ impl ReadAt for Vec<u8> {
     fn size(&self) -> u64 {
         self.as_slice().size()
     }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.as_slice().read_exact_at(offset, buf)
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.as_slice().read_at(offset, buf)
     }
 }
 
@@ -194,7 +194,7 @@ impl ReadAt for File {
     fn size(&self) -> u64 {
         self.metadata().map(|m| m.len()).unwrap_or(0)
     }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         FileExt::read_exact_at(self, buf, offset)
     }
 }
@@ -203,8 +203,8 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     fn size(&self) -> u64 {
         (**self).size()
     }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        (**self).read_exact_at(offset, buf)
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
     }
 }
 
@@ -212,8 +212,8 @@ impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
     fn size(&self) -> u64 {
         (**self).size()
     }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        (**self).read_exact_at(offset, buf)
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
     }
 }
 
@@ -221,8 +221,8 @@ impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
     fn size(&self) -> u64 {
         (**self).size()
     }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        (**self).read_exact_at(offset, buf)
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
     }
 }
 
@@ -246,9 +246,9 @@ impl ReadAt for Window<'_> {
     fn size(&self) -> u64 {
         self.len
     }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         match offset.checked_add(buf.len() as u64) {
-            Some(end) if end <= self.len => self.inner.read_exact_at(self.offset + offset, buf),
+            Some(end) if end <= self.len => self.inner.read_at(self.offset + offset, buf),
             _ => Err(past_end(offset, buf.len(), self.len)),
         }
     }
@@ -275,11 +275,11 @@ mod tests {
         let w = Window::new(&disk, 90, 50);
         assert_eq!(w.size(), 10);
         let mut b = [0u8; 4];
-        w.read_exact_at(6, &mut b).unwrap();
+        w.read_at(6, &mut b).unwrap();
         assert_eq!(b, [96, 97, 98, 99]);
-        assert!(w.read_exact_at(7, &mut b).is_err());
-        assert!(w.read_exact_at(u64::MAX, &mut b).is_err());
-        assert!(disk.read_exact_at(u64::MAX - 1, &mut b).is_err());
+        assert!(w.read_at(7, &mut b).is_err());
+        assert!(w.read_at(u64::MAX, &mut b).is_err());
+        assert!(disk.read_at(u64::MAX - 1, &mut b).is_err());
     }
 
     #[test]

@@ -172,7 +172,7 @@ impl Src {
         match off.checked_add(buf.len() as u64) {
             Some(end) if end <= self.len => match &self.data {
                 Backing::File(f) => f.read_exact_at(buf, off),
-                Backing::Other(r) => r.read_exact_at(off, buf),
+                Backing::Other(r) => r.read_at(off, buf),
             }
             .map_err(|e| io::Error::new(e.kind(), format!("{}: reading {what}: {e}", self.name))),
             _ => Err(self.bad(format_args!(

@@ -184,6 +184,12 @@ impl Inode {
     }
 }
 
+/// Receives a file's content as (file offset, bytes) pieces.
+pub type Visit<'v> = dyn FnMut(u64, &[u8]) -> Result<(), Error> + 'v;
+
+/// Extended attributes: (full name, value) pairs.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One mapped run of a file: `len` blocks from logical block `logical` at `start`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
@@ -229,7 +235,7 @@ impl<'a> Fs<'a> {
     /// Opens the filesystem on `dev` (the partition, byte 0 = the filesystem's first byte).
     pub fn open(dev: &'a dyn ReadAt) -> Result<Fs<'a>, Error> {
         let mut raw = vec![0u8; 1024];
-        dev.read_exact_at(1024, &mut raw)
+        dev.read_at(1024, &mut raw)
             .map_err(|e| Error::corrupt(format!("cannot read the superblock at byte 1024: {e}")))?;
         let sb = Superblock::decode(&raw)?;
         let groups = sb.groups();
@@ -299,7 +305,7 @@ impl<'a> Fs<'a> {
             .checked_mul(self.sb.block_size)
             .and_then(|o| o.checked_add(within))
             .ok_or_else(|| Error::corrupt(format!("block {block} is out of range")))?;
-        self.dev.read_exact_at(off, buf).map_err(|e| Error::Io(io::Error::new(e.kind(), format!("block {block}: {e}"))))
+        self.dev.read_at(off, buf).map_err(|e| Error::Io(io::Error::new(e.kind(), format!("block {block}: {e}"))))
     }
 
     fn read_block(&self, block: u64) -> Result<Vec<u8>, Error> {
@@ -529,12 +535,7 @@ impl<'a> Fs<'a> {
     /// Streams the content of a regular file (or any inode with data) as (file offset,
     /// bytes) pieces in increasing offset order; holes and unwritten extents are skipped
     /// (they read as zeros).
-    pub fn read_data(
-        &self,
-        inode: &Inode,
-        map: &Map,
-        visit: &mut dyn FnMut(u64, &[u8]) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    pub fn read_data(&self, inode: &Inode, map: &Map, visit: &mut Visit<'_>) -> Result<(), Error> {
         if inode.flags & FL_INLINE_DATA != 0 {
             return Err(Error::Unsupported(format!("inode {} keeps its data inline (inline_data)", inode.ino)));
         }
@@ -623,7 +624,7 @@ impl<'a> Fs<'a> {
 
     /// Extended attributes of `inode` (kernel names such as `user.x`,
     /// `system.posix_acl_access` in the kernel's xattr form), in-inode ones first.
-    pub fn xattrs(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    pub fn xattrs(&self, inode: &Inode) -> Result<Xattrs, Error> {
         let mut out = Vec::new();
         let area = &inode.xattr_area;
         if area.len() >= 4 && le32(area, 0) == xattr::MAGIC {
