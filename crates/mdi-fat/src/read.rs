@@ -305,22 +305,29 @@ impl<'a> Volume<'a> {
         Ok(parse_dir(&self.dir_bytes(Dir::Root)?).1)
     }
 
-    fn dir_bytes(&self, dir: Dir) -> Result<Vec<u8>, Error> {
+    /// The clusters of a directory (none for FAT12/16's fixed root directory).
+    pub fn dir_clusters(&self, dir: Dir) -> Result<Vec<u32>, Error> {
         let (first, what) = match dir {
-            Dir::Root if self.kind != Kind::Fat32 => {
-                let mut raw = vec![0u8; (self.boot.root_entries * 32) as usize];
-                self.dev.read_at(self.root_start, &mut raw)?;
-                return Ok(raw);
-            }
+            Dir::Root if self.kind != Kind::Fat32 => return Ok(Vec::new()),
             Dir::Root => (self.boot.root_cluster, "the root directory".to_string()),
             Dir::Cluster(c) => (c, format!("the directory at cluster {c}")),
         };
-        let cb = self.cluster_bytes();
-        let max = (MAX_DIR_ENTRIES * 32).div_ceil(cb);
+        let max = (MAX_DIR_ENTRIES * 32).div_ceil(self.cluster_bytes());
         let chain = self.chain(first, max + 1).map_err(|e| corrupt(format!("{what}: {e}")))?;
         if chain.len() as u64 > max {
             return Err(corrupt(format!("{what} has more than {MAX_DIR_ENTRIES} entries")));
         }
+        Ok(chain)
+    }
+
+    fn dir_bytes(&self, dir: Dir) -> Result<Vec<u8>, Error> {
+        if dir == Dir::Root && self.kind != Kind::Fat32 {
+            let mut raw = vec![0u8; (self.boot.root_entries * 32) as usize];
+            self.dev.read_at(self.root_start, &mut raw)?;
+            return Ok(raw);
+        }
+        let cb = self.cluster_bytes();
+        let chain = self.dir_clusters(dir)?;
         let mut raw = vec![0u8; chain.len() * cb as usize];
         for (k, &c) in chain.iter().enumerate() {
             self.dev.read_at(self.cluster_offset(c), &mut raw[k * cb as usize..(k + 1) * cb as usize])?;
