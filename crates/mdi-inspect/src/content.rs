@@ -1,6 +1,6 @@
 //! A digest of file content that does not depend on how the content is stored: the
 //! SHA-256 of the size followed by every 4 KiB piece of the file that is not all zeros,
-//! each preceded by its index. Holes, unwritten extents and written zeros give the same
+//! each as its index, the length without trailing zeros, and those bytes. Holes, unwritten extents and written zeros give the same
 //! digest, and a sparse file costs only its data to digest.
 
 use sha2::{Digest as _, Sha256};
@@ -59,11 +59,13 @@ impl Builder {
 
     fn flush(&mut self) {
         if let Some(idx) = self.index.take() {
-            if !mdi_sink::is_zero(&self.piece) {
+            let used = self.piece.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            if used > 0 {
                 self.h.update(idx.to_le_bytes());
-                self.h.update(&self.piece);
+                self.h.update((used as u32).to_le_bytes());
+                self.h.update(&self.piece[..used]);
+                self.piece[..used].fill(0);
             }
-            self.piece.fill(0);
         }
     }
 

@@ -38,32 +38,12 @@ const PHYSICAL_SECTOR_SIZE: [u8; 16] =
     guid(0xCDA3_48C7, 0x445D, 0x4471, [0x9C, 0xC9, 0xE9, 0x88, 0x52, 0x51, 0xC5, 0x56]);
 const PARENT_LOCATOR: [u8; 16] = guid(0xA8D3_5F2D, 0xB30B, 0x454D, [0xAB, 0xF7, 0xD3, 0xD8, 0x48, 0x34, 0xAB, 0x0C]);
 
-/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), which guards headers and region
-/// tables.
-const CRC_TABLE: [u32; 256] = {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-};
-
-/// CRC-32C of `data` with the 4 bytes at `skip` (the checksum field) taken as zeros.
+/// CRC-32C (Castagnoli) of `data` with the 4 bytes at `skip` (the checksum field) taken
+/// as zeros; it guards headers and region tables.
 pub(super) fn crc32c_skipping(data: &[u8], skip: usize) -> u32 {
-    let mut c = !0u32;
-    for (i, &b) in data.iter().enumerate() {
-        let b = if (skip..skip + 4).contains(&i) { 0 } else { b };
-        c = CRC_TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
+    let c = crc32c::crc32c(&data[..skip]);
+    let c = crc32c::crc32c_append(c, &[0; 4]);
+    crc32c::crc32c_append(c, &data[skip + 4..])
 }
 
 /// Payload block states that have data in the file.

@@ -521,6 +521,11 @@ impl<'a> Fs<'a> {
             *logical += 1;
             return Ok(());
         }
+        // A legitimate file never maps a block twice; a hostile one could make the walk
+        // revisit the same indirect block many times.
+        if m.meta.contains(&p) {
+            return Err(Error::corrupt(format!("inode {}: indirect block {p} is used twice", inode.ino)));
+        }
         m.meta.push(p);
         let b = self.read_block(p)?;
         for k in 0..per as usize {
