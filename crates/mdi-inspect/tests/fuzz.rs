@@ -475,9 +475,9 @@ fn tool(name: &str) -> bool {
 
 /// Images made by the real tools, when installed: mkfs.ext2/ext4 with other geometries,
 /// mkfs.fat's FAT12.
-fn tool_images() -> Vec<(String, Vec<u8>)> {
+fn tool_images(tag: &str) -> Vec<(String, Vec<u8>)> {
     let mut v = Vec::new();
-    let dir = std::env::temp_dir().join(format!("mdi-fuzz-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("mdi-fuzz-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("tree/sub")).unwrap();
     std::fs::write(dir.join("tree/a"), vec![b'a'; 30_000]).unwrap();
     std::fs::write(dir.join("tree/sub/b"), b"b").unwrap();
@@ -496,8 +496,8 @@ fn tool_images() -> Vec<(String, Vec<u8>)> {
                 .arg(&img)
                 .arg("4M")
                 .env("E2FSPROGS_FAKE_TIME", "1700000000")
-                .status()
-                .is_ok_and(|s| s.success());
+                .output()
+                .is_ok_and(|o| o.status.success());
             if ok {
                 v.push((name.to_string(), std::fs::read(&img).unwrap()));
             }
@@ -610,7 +610,7 @@ fn container_seeds(fmt: &str) -> Vec<Seed> {
 #[test]
 fn fuzz_ext4() {
     let mut seeds = vec![seed("ours.ext4", ext4_image(), false)];
-    for (n, b) in tool_images().into_iter().filter(|(n, _)| n.contains("ext")) {
+    for (n, b) in tool_images("ext").into_iter().filter(|(n, _)| n.contains("ext")) {
         seeds.push(seed(&n, b, false));
     }
     fuzz("ext4", seeds, exercise_disk);
@@ -619,7 +619,7 @@ fn fuzz_ext4() {
 #[test]
 fn fuzz_fat() {
     let mut seeds = disk_seeds(vec![("fat16", fat_image(5 * MIB)), ("fat32", fat_image(34 * MIB))]);
-    for (n, b) in tool_images().into_iter().filter(|(n, _)| n.contains("fat")) {
+    for (n, b) in tool_images("fat").into_iter().filter(|(n, _)| n.contains("fat")) {
         seeds.push(seed(&n, b, false));
     }
     fuzz("fat", seeds, exercise_disk);
