@@ -89,8 +89,8 @@ pub struct BootSector {
     pub volume_id: Option<u32>,
     /// BS_VolLab, trimmed, when BS_BootSig is 0x29.
     pub label: Option<String>,
-    /// Every field by its specification name, for `diff`.
-    pub fields: Vec<(&'static str, String)>,
+    /// The sector itself.
+    pub raw: Vec<u8>,
 }
 
 /// One directory entry (a short entry with its long name, if any).
@@ -443,45 +443,6 @@ fn parse_boot(b: &[u8; 512]) -> Result<BootSector, Error> {
     let ext = if fat32_layout { 64 } else { 36 };
     let sig = b[ext + 2] == 0x29;
     let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(&b[r]).trim_end().to_string();
-    let mut fields = vec![
-        ("BS_jmpBoot", format!("{:02x}{:02x}{:02x}", b[0], b[1], b[2])),
-        ("BS_OEMName", text(3..11)),
-        ("BPB_BytsPerSec", bps.to_string()),
-        ("BPB_SecPerClus", spc.to_string()),
-        ("BPB_RsvdSecCnt", reserved.to_string()),
-        ("BPB_NumFATs", fats.to_string()),
-        ("BPB_RootEntCnt", le16(b, 17).to_string()),
-        ("BPB_TotSec16", tot16.to_string()),
-        ("BPB_Media", format!("{:#x}", b[21])),
-        ("BPB_FATSz16", fsz16.to_string()),
-        ("BPB_SecPerTrk", le16(b, 24).to_string()),
-        ("BPB_NumHeads", le16(b, 26).to_string()),
-        ("BPB_HiddSec", le32(b, 28).to_string()),
-        ("BPB_TotSec32", tot32.to_string()),
-    ];
-    if fat32_layout {
-        fields.extend([
-            ("BPB_FATSz32", fsz32.to_string()),
-            ("BPB_ExtFlags", format!("{:#x}", le16(b, 40))),
-            ("BPB_FSVer", format!("{:#x}", le16(b, 42))),
-            ("BPB_RootClus", le32(b, 44).to_string()),
-            ("BPB_FSInfo", le16(b, 48).to_string()),
-            ("BPB_BkBootSec", le16(b, 50).to_string()),
-        ]);
-    }
-    fields.extend([
-        ("BS_DrvNum", format!("{:#x}", b[ext])),
-        ("BS_BootSig", format!("{:#x}", b[ext + 2])),
-        ("BS_VolID", format!("{:08x}", le32(b, ext + 3))),
-        ("BS_VolLab", text(ext + 7..ext + 18)),
-        ("BS_FilSysType", text(ext + 18..ext + 26)),
-    ]);
-    let code = &b[ext + 26..510];
-    fields.push((
-        "boot code",
-        code.iter().map(|x| format!("{x:02x}")).collect::<String>().trim_end_matches('0').to_string(),
-    ));
-    fields.push(("signature", format!("{:02x}{:02x}", b[510], b[511])));
     Ok(BootSector {
         bytes_per_sector: bps,
         sectors_per_cluster: spc,
@@ -494,8 +455,70 @@ fn parse_boot(b: &[u8; 512]) -> Result<BootSector, Error> {
         fsinfo_sector: if fat32_layout { le16(b, 48) } else { 0 },
         volume_id: sig.then(|| le32(b, ext + 3)),
         label: sig.then(|| text(ext + 7..ext + 18)),
-        fields,
+        raw: b.to_vec(),
     })
+}
+
+impl BootSector {
+    /// Every field by its specification name, for `diff`.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let b = &self.raw[..];
+        let (bps, spc, reserved, fats) =
+            (self.bytes_per_sector, self.sectors_per_cluster, self.reserved_sectors, self.fats);
+        let (tot16, tot32) = (u64::from(le16(b, 19)), u64::from(le32(b, 32)));
+        let (fsz16, fsz32) = (u64::from(le16(b, 22)), u64::from(le32(b, 36)));
+        let fat32_layout = fsz16 == 0;
+        let ext = if fat32_layout { 64 } else { 36 };
+        let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(&b[r]).trim_end().to_string();
+        let mut fields = vec![
+            ("BS_jmpBoot", format!("{:02x}{:02x}{:02x}", b[0], b[1], b[2])),
+            ("BS_OEMName", text(3..11)),
+            ("BPB_BytsPerSec", bps.to_string()),
+            ("BPB_SecPerClus", spc.to_string()),
+            ("BPB_RsvdSecCnt", reserved.to_string()),
+            ("BPB_NumFATs", fats.to_string()),
+            ("BPB_RootEntCnt", le16(b, 17).to_string()),
+            ("BPB_TotSec16", tot16.to_string()),
+            ("BPB_Media", format!("{:#x}", b[21])),
+            ("BPB_FATSz16", fsz16.to_string()),
+            ("BPB_SecPerTrk", le16(b, 24).to_string()),
+            ("BPB_NumHeads", le16(b, 26).to_string()),
+            ("BPB_HiddSec", le32(b, 28).to_string()),
+            ("BPB_TotSec32", tot32.to_string()),
+        ];
+        if fat32_layout {
+            fields.extend([
+                ("BPB_FATSz32", fsz32.to_string()),
+                ("BPB_ExtFlags", format!("{:#x}", le16(b, 40))),
+                ("BPB_FSVer", format!("{:#x}", le16(b, 42))),
+                ("BPB_RootClus", le32(b, 44).to_string()),
+                ("BPB_FSInfo", le16(b, 48).to_string()),
+                ("BPB_BkBootSec", le16(b, 50).to_string()),
+            ]);
+        }
+        fields.extend([
+            ("BS_DrvNum", format!("{:#x}", b[ext])),
+            ("BS_BootSig", format!("{:#x}", b[ext + 2])),
+            ("BS_VolID", format!("{:08x}", le32(b, ext + 3))),
+            ("BS_VolLab", text(ext + 7..ext + 18)),
+            ("BS_FilSysType", text(ext + 18..ext + 26)),
+        ]);
+        let code = &b[ext + 26..510];
+        let used = code.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1);
+        fields.push(("boot code", hex(&code[..used])));
+        fields.push(("signature", format!("{:02x}{:02x}", b[510], b[511])));
+        fields
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * b.len());
+    for &x in b {
+        s.push(DIGITS[usize::from(x >> 4)] as char);
+        s.push(DIGITS[usize::from(x & 15)] as char);
+    }
+    s
 }
 
 /// Whether the sector looks like a FAT boot sector (for detection).

@@ -295,7 +295,7 @@ impl Fs<'_> {
                 let label =
                     root_label.clone().or_else(|| v.boot.label.clone().filter(|l| l != "NO NAME")).unwrap_or_default();
                 let mut fields: Vec<(String, String)> =
-                    v.boot.fields.iter().map(|(k, x)| ((*k).to_string(), x.clone())).collect();
+                    v.boot.fields().into_iter().map(|(k, x)| (k.to_string(), x)).collect();
                 fields.push(("root directory label".into(), root_label.unwrap_or_default()));
                 fields.push(("free clusters".into(), free.to_string()));
                 if let Ok(Some(n)) = v.fsinfo_free() {

@@ -195,7 +195,7 @@ fn walk_disk_after(disk: &dyn ReadAt, summary_done: bool) -> usize {
         let walk = f.walk(WalkOptions { content: true, spans: true });
         n += walk.nodes.len();
         let _ = f.list(b"/");
-        for node in walk.nodes.iter().take(8) {
+        for node in walk.nodes.iter().take(4) {
             let _ = f.list(&node.path);
             // A damaged size can make a file of terabytes of holes: writing those zeros out
             // is not the reader's work.

@@ -154,7 +154,8 @@ impl Vhdx {
         };
 
         // Metadata.
-        let meta = src.table(meta_off, meta_len, "VHDX metadata region")?;
+        // The metadata table is the region's first 64 KiB; items are read one by one.
+        let meta = src.table(meta_off, meta_len.min(64 * KIB), "VHDX metadata table")?;
         if meta.len() < 32 || !meta.starts_with(b"metadata") {
             return Err(src.bad("VHDX metadata table not found"));
         }
@@ -165,11 +166,15 @@ impl Vhdx {
         let (mut params, mut size, mut lss) = (None, None, None);
         for e in meta[32..].chunks_exact(32).take(items) {
             let id: [u8; 16] = e[..16].try_into().expect("16 bytes");
-            let (off, len) = (le32(e, 16) as usize, le32(e, 20) as usize);
-            let item = off
-                .checked_add(len)
-                .and_then(|end| meta.get(off..end))
-                .ok_or_else(|| src.bad("VHDX metadata item lies outside its region"))?;
+            let (off, len) = (u64::from(le32(e, 16)), u64::from(le32(e, 20)));
+            if off.checked_add(len).is_none_or(|end| end > meta_len) {
+                return Err(src.bad("VHDX metadata item lies outside its region"));
+            }
+            // Only the fixed-size items below are used: read at most their 16 bytes.
+            let mut item = vec![0u8; len.min(16) as usize];
+            let at = meta_off.checked_add(off).ok_or_else(|| src.bad("VHDX metadata item offset overflows"))?;
+            src.read(at, &mut item, "a VHDX metadata item")?;
+            let item = &item[..];
             let need = |n: usize| {
                 if item.len() < n {
                     Err(src.bad("VHDX metadata item is too short"))
