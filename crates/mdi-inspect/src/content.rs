@@ -59,7 +59,12 @@ impl Builder {
 
     fn flush(&mut self) {
         if let Some(idx) = self.index.take() {
-            let used = self.piece.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            // The last non-zero byte: whole words first.
+            let words = self.piece.chunks_exact(8).rposition(|w| w != [0u8; 8]);
+            let used = words.map_or(0, |k| {
+                let w = &self.piece[8 * k..8 * k + 8];
+                8 * k + w.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+            });
             if used > 0 {
                 self.h.update(idx.to_le_bytes());
                 self.h.update((used as u32).to_le_bytes());

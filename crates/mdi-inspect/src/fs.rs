@@ -269,8 +269,8 @@ impl Fs<'_> {
                     free_blocks: sb.free_blocks,
                     inodes: Some(u64::from(sb.inodes_count)),
                     free_inodes: Some(u64::from(sb.free_inodes)),
-                    size: sb.blocks_count * sb.block_size,
-                    used: sb.blocks_count.saturating_sub(sb.free_blocks) * sb.block_size,
+                    size: sb.blocks_count.saturating_mul(sb.block_size),
+                    used: sb.blocks_count.saturating_sub(sb.free_blocks).saturating_mul(sb.block_size),
                     features: sb.features(),
                     fields,
                     problems,
@@ -492,7 +492,7 @@ fn ext_node(f: &e4::Fs<'_>, path: Vec<u8>, i: &e4::Inode, ctx: &mut Ctx, opts: W
                         ctx.spans.push(Span { start: b * bs, len: bs, owner: owner.clone() });
                     }
                     if i.file_acl != 0 {
-                        ctx.spans.push(Span { start: i.file_acl * bs, len: bs, owner });
+                        ctx.spans.push(Span { start: i.file_acl.saturating_mul(bs), len: bs, owner });
                     }
                 }
                 if want_digest {

@@ -22,7 +22,6 @@ use mdi_tree::{FileData, Kind, Meta, Timestamp, Tree, ROOT};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::io;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -63,7 +62,7 @@ enum Mutation {
 /// `off` a byte in it.
 fn place(seed: &Seed, sel: u64, off: u64) -> u64 {
     let len = seed.bytes.len() as u64;
-    if sel % 4 == 0 || seed.hot.is_empty() {
+    if sel.is_multiple_of(4) || seed.hot.is_empty() {
         return off % len;
     }
     let (s, n) = seed.hot[(sel / 4) as usize % seed.hot.len()];
@@ -540,7 +539,8 @@ fn container_seeds(fmt: &str) -> Vec<Seed> {
     let dir = std::env::temp_dir().join(format!("mdi-fuzz-{fmt}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut out = Vec::new();
-    let ours: Vec<(&str, Box<dyn Fn(std::fs::File) -> Box<dyn Container>>)> = match fmt {
+    type Make = Box<dyn Fn(std::fs::File) -> Box<dyn Container>>;
+    let ours: Vec<(&str, Make)> = match fmt {
         "qcow2" => vec![
             ("ours.qcow2", Box::new(|f| Box::new(Qcow2::new(f, Compression::None)))),
             ("ours-deflate.qcow2", Box::new(|f| Box::new(Qcow2::new(f, Compression::Deflate)))),
@@ -671,5 +671,88 @@ fn mutations_apply_as_overlays() {
     m.read_at(0, &mut b).unwrap();
     assert_eq!((b[0], &b[9..14], &b[20..22]), (2, &[9, 0xFF, 0xFF, 0xFF, 13][..], &[1, 2][..]));
     assert!(m.read_at(1, &mut b).is_err());
-    let _ = Path::new("");
+}
+
+// ---------------------------------------------------------------- regressions
+// Hostile structures the fuzzing led to guard against, built by hand: each must give an
+// error (or a bounded result) quickly.
+
+/// The byte offset of inode `ino`'s record in an image made by [`ext4_image`].
+fn inode_at(img: &[u8], path: &[u8]) -> (usize, u64) {
+    let owned = img.to_vec();
+    let fs = mdi_ext4::read::Fs::open(&owned).unwrap();
+    let i = fs.lookup(path).unwrap().unwrap();
+    let g = (i.ino - 1) / fs.sb.inodes_per_group;
+    let table = fs.groups()[g as usize].inode_table;
+    let at = table * fs.sb.block_size + u64::from((i.ino - 1) % fs.sb.inodes_per_group) * fs.sb.inode_size;
+    (at as usize, fs.sb.blocks_count - 1)
+}
+
+fn walk_all(img: Vec<u8>) -> (Vec<ifs::Node>, Vec<String>) {
+    let start = Instant::now();
+    let f = ifs::open(&img).unwrap().unwrap();
+    let w = f.walk(WalkOptions { content: true, spans: true });
+    assert!(start.elapsed() < Duration::from_secs(5), "walk took {:?}", start.elapsed());
+    (w.nodes, w.problems)
+}
+
+#[test]
+fn regression_indirect_block_that_points_to_itself() {
+    let mut img = ext4_image();
+    let (at, free) = inode_at(&img, b"/etc/big");
+    let bs = 4096usize;
+    // Block map instead of extents; the double-indirect block's first entry is itself.
+    let flags = u32::from_le_bytes(img[at + 0x20..at + 0x24].try_into().unwrap()) & !0x80000;
+    img[at + 0x20..at + 0x24].copy_from_slice(&flags.to_le_bytes());
+    img[at + 0x28..at + 0x64].fill(0);
+    img[at + 0x28 + 13 * 4..at + 0x28 + 14 * 4].copy_from_slice(&(free as u32).to_le_bytes());
+    img[at + 0x04..at + 0x08].copy_from_slice(&u32::MAX.to_le_bytes()); // i_size: 4 GiB
+    let f = free as usize * bs;
+    img[f..f + 4].copy_from_slice(&(free as u32).to_le_bytes());
+    let (nodes, _) = walk_all(img);
+    let big = nodes.iter().find(|n| n.path == b"/etc/big").unwrap();
+    assert!(big.error.as_deref().unwrap_or("").contains("used twice"), "{big:?}");
+}
+
+#[test]
+fn regression_extent_node_with_the_wrong_depth() {
+    let mut img = ext4_image();
+    let (at, free) = inode_at(&img, b"/etc/big");
+    // Root: depth 1, one index entry to `free`, whose header claims depth 1 again.
+    let ib = at + 0x28;
+    img[ib..ib + 12].copy_from_slice(&[0x0A, 0xF3, 1, 0, 4, 0, 1, 0, 0, 0, 0, 0]);
+    img[ib + 12..ib + 24].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    img[ib + 16..ib + 20].copy_from_slice(&(free as u32).to_le_bytes());
+    let f = free as usize * 4096;
+    img[f..f + 12].copy_from_slice(&[0x0A, 0xF3, 1, 0, 0x54, 1, 1, 0, 0, 0, 0, 0]);
+    img[f + 16..f + 20].copy_from_slice(&(free as u32).to_le_bytes());
+    let (nodes, _) = walk_all(img);
+    let big = nodes.iter().find(|n| n.path == b"/etc/big").unwrap();
+    assert!(big.error.as_deref().unwrap_or("").contains("depth 1, its parent expects 0"), "{big:?}");
+}
+
+#[test]
+fn regression_file_of_exabytes_of_holes_is_digested_by_its_data() {
+    let mut img = ext4_image();
+    let (at, _) = inode_at(&img, b"/etc/sparse");
+    img[at + 0x6C..at + 0x70].copy_from_slice(&0x4000_0000u32.to_le_bytes()); // i_size_high
+    let (nodes, _) = walk_all(img);
+    let s = nodes.iter().find(|n| n.path == b"/etc/sparse").unwrap();
+    assert_eq!(s.size >> 32, 0x4000_0000);
+    assert!(s.digest.is_some(), "{s:?}");
+}
+
+#[test]
+fn regression_fat_directory_that_contains_itself() {
+    let mut img = fat_image(5 * MIB);
+    let v = mdi_fat::read::Volume::open(&img).unwrap();
+    let efi = v.lookup("/EFI").unwrap().unwrap();
+    // Point EFI/BOOT's entry at EFI's own cluster: EFI then contains itself.
+    let dir = v.cluster_offset(efi.cluster) as usize;
+    let slot =
+        img[dir..dir + v.cluster_bytes() as usize].chunks_exact(32).position(|e| &e[..11] == b"BOOT       ").unwrap();
+    let e = dir + 32 * slot;
+    img[e + 26..e + 28].copy_from_slice(&(efi.cluster as u16).to_le_bytes());
+    let (nodes, problems) = walk_all(img);
+    assert!(problems.iter().any(|p| p.contains("reached twice")), "{problems:?} {nodes:?}");
 }

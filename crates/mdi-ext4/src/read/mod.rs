@@ -212,6 +212,18 @@ pub struct Map {
     pub meta: Vec<u64>,
 }
 
+/// State of walking an ext2/3 block map.
+struct BlockMap {
+    /// Logical blocks the file size covers.
+    blocks: u64,
+    /// The next logical block.
+    logical: u64,
+    /// Blocks that may still be mapped.
+    budget: u64,
+    /// Indirect blocks seen.
+    seen: std::collections::HashSet<u64>,
+}
+
 /// One directory entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
@@ -323,7 +335,11 @@ impl<'a> Fs<'a> {
         let (g, i) = (u64::from((ino - 1) / ipg), u64::from((ino - 1) % ipg));
         let gd = self.gdt.get(g as usize).ok_or_else(|| Error::corrupt(format!("inode {ino}: no group {g}")))?;
         let isz = self.sb.inode_size;
-        let (block, within) = (gd.inode_table + i * isz / self.sb.block_size, i * isz % self.sb.block_size);
+        let block = gd
+            .inode_table
+            .checked_add(i * isz / self.sb.block_size)
+            .ok_or_else(|| Error::corrupt(format!("inode {ino}: the inode table of group {g} is out of range")))?;
+        let within = i * isz % self.sb.block_size;
         let mut b = vec![0u8; isz as usize];
         self.read_block_bytes(block, within, &mut b)
             .map_err(|e| Error::corrupt(format!("inode {ino} (inode table of group {g}): {e}")))?;
@@ -408,15 +424,19 @@ impl<'a> Fs<'a> {
             self.extent_node(inode, &inode.i_block, None, &mut m, &mut budget, &mut next)?;
         } else {
             // ext2/3 block map: 12 direct pointers, then single, double, triple indirect.
-            let blocks = inode.size.div_ceil(self.sb.block_size);
-            let mut logical = 0u64;
+            let mut w = BlockMap {
+                blocks: inode.size.div_ceil(self.sb.block_size),
+                logical: 0,
+                budget,
+                seen: std::collections::HashSet::new(),
+            };
             for k in 0..15usize {
-                if logical >= blocks {
+                if w.logical >= w.blocks {
                     break;
                 }
                 let p = u64::from(le32(&inode.i_block, 4 * k));
                 let level = k.saturating_sub(11) as u32;
-                self.indirect(inode, p, level, &mut logical, blocks, &mut m, &mut budget)?;
+                self.indirect(inode, p, level, &mut w, &mut m)?;
             }
         }
         Ok(m)
@@ -490,49 +510,47 @@ impl<'a> Fs<'a> {
     }
 
     /// Maps the blocks under pointer `p` at indirection `level` (0 = a data block).
-    #[allow(clippy::too_many_arguments)]
-    fn indirect(
-        &self,
-        inode: &Inode,
-        p: u64,
-        level: u32,
-        logical: &mut u64,
-        blocks: u64,
-        m: &mut Map,
-        budget: &mut u64,
-    ) -> Result<(), Error> {
+    fn indirect(&self, inode: &Inode, p: u64, level: u32, w: &mut BlockMap, m: &mut Map) -> Result<(), Error> {
         let per = self.sb.block_size / 4;
         let span = per.checked_pow(level).unwrap_or(u64::MAX);
         if p == 0 {
-            *logical = logical.saturating_add(span);
+            w.logical = w.logical.saturating_add(span);
             return Ok(());
         }
         if p >= self.sb.blocks_count {
             return Err(Error::corrupt(format!("inode {}: block pointer {p} is outside the filesystem", inode.ino)));
         }
-        *budget = budget
+        w.budget = w
+            .budget
             .checked_sub(1)
             .ok_or_else(|| Error::corrupt(format!("inode {}: maps more blocks than the device holds", inode.ino)))?;
         if level == 0 {
+            let logical = w.logical;
             match m.extents.last_mut() {
-                Some(e) if e.logical + e.len == *logical && e.start + e.len == p => e.len += 1,
-                _ => m.extents.push(Extent { logical: *logical, start: p, len: 1, unwritten: false }),
+                Some(e) if e.logical + e.len == logical && e.start + e.len == p => e.len += 1,
+                _ => m.extents.push(Extent { logical, start: p, len: 1, unwritten: false }),
             }
-            *logical += 1;
+            w.logical += 1;
             return Ok(());
         }
         // A legitimate file never maps a block twice; a hostile one could make the walk
         // revisit the same indirect block many times.
-        if m.meta.contains(&p) {
+        if !w.seen.insert(p) {
             return Err(Error::corrupt(format!("inode {}: indirect block {p} is used twice", inode.ino)));
         }
         m.meta.push(p);
         let b = self.read_block(p)?;
         for k in 0..per as usize {
-            if *logical >= blocks {
+            if w.logical >= w.blocks {
                 break;
             }
-            self.indirect(inode, u64::from(le32(&b, 4 * k)), level - 1, logical, blocks, m, budget)?;
+            let q = u64::from(le32(&b, 4 * k));
+            if q == 0 && level == 1 {
+                // A hole of one block (the common case in sparse maps, kept cheap).
+                w.logical += 1;
+                continue;
+            }
+            self.indirect(inode, q, level - 1, w, m)?;
         }
         Ok(())
     }
