@@ -486,10 +486,14 @@ fn ext_node(f: &e4::Fs<'_>, path: Vec<u8>, i: &e4::Inode, ctx: &mut Ctx, opts: W
                     let bs = f.sb.block_size;
                     let owner = Owner::Node(usize::MAX); // patched by the caller
                     for e in &map.extents {
-                        ctx.spans.push(Span { start: e.start * bs, len: e.len * bs, owner: owner.clone() });
+                        ctx.spans.push(Span {
+                            start: e.start.saturating_mul(bs),
+                            len: e.len.saturating_mul(bs),
+                            owner: owner.clone(),
+                        });
                     }
                     for &b in &map.meta {
-                        ctx.spans.push(Span { start: b * bs, len: bs, owner: owner.clone() });
+                        ctx.spans.push(Span { start: b.saturating_mul(bs), len: bs, owner: owner.clone() });
                     }
                     if i.file_acl != 0 {
                         ctx.spans.push(Span { start: i.file_acl.saturating_mul(bs), len: bs, owner });
@@ -606,10 +610,14 @@ fn walk_ext4(f: &e4::Fs<'_>, opts: WalkOptions) -> Walk {
     if opts.spans {
         let bs = f.sb.block_size;
         for (start, count, what) in f.metadata_blocks() {
-            ctx.spans.push(Span { start: start * bs, len: count * bs, owner: Owner::Meta(what) });
+            ctx.spans.push(Span {
+                start: start.saturating_mul(bs),
+                len: count.saturating_mul(bs),
+                owner: Owner::Meta(what),
+            });
         }
         // Reserved inodes other than the root (bad blocks, resize, journal, ...).
-        for ino in (1..f.sb.first_ino.min(f.sb.inodes_count + 1)).filter(|&i| i != e4::ROOT_INO) {
+        for ino in (1..f.sb.first_ino.min(f.sb.inodes_count.saturating_add(1))).filter(|&i| i != e4::ROOT_INO) {
             let Ok(i) = f.inode(ino) else { continue };
             let Ok(map) = f.map(&i) else { continue };
             let what = match ino {
@@ -618,10 +626,14 @@ fn walk_ext4(f: &e4::Fs<'_>, opts: WalkOptions) -> Walk {
                 _ => format!("reserved inode {ino}"),
             };
             for e in &map.extents {
-                ctx.spans.push(Span { start: e.start * bs, len: e.len * bs, owner: Owner::Meta(what.clone()) });
+                ctx.spans.push(Span {
+                    start: e.start.saturating_mul(bs),
+                    len: e.len.saturating_mul(bs),
+                    owner: Owner::Meta(what.clone()),
+                });
             }
             for &b in &map.meta {
-                ctx.spans.push(Span { start: b * bs, len: bs, owner: Owner::Meta(what.clone()) });
+                ctx.spans.push(Span { start: b.saturating_mul(bs), len: bs, owner: Owner::Meta(what.clone()) });
             }
         }
     }
