@@ -756,3 +756,14 @@ fn regression_fat_directory_that_contains_itself() {
     let (nodes, problems) = walk_all(img);
     assert!(problems.iter().any(|p| p.contains("reached twice")), "{problems:?} {nodes:?}");
 }
+
+#[test]
+fn regression_group_descriptor_pointing_past_every_block() {
+    // Found by fuzzing a debug build: block numbers from a descriptor times the block
+    // size overflowed while recording who owns which bytes.
+    let mut img = ext4_image();
+    img[4096..4100].copy_from_slice(&u32::MAX.to_le_bytes()); // bg_block_bitmap_lo
+    img[4096 + 0x20..4096 + 0x24].copy_from_slice(&u32::MAX.to_le_bytes()); // bg_block_bitmap_hi
+    let (nodes, _) = walk_all(img);
+    assert!(nodes.len() > 10);
+}
