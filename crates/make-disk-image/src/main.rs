@@ -49,6 +49,34 @@ enum Cmd {
         #[arg(long)]
         seed: Option<String>,
     },
+    /// Show what an image holds: format and header, partition table, filesystems (any
+    /// format convert reads).
+    Inspect {
+        /// The image.
+        image: PathBuf,
+        /// Print JSON (the schema is documented in the mdi-inspect crate).
+        #[arg(long)]
+        json: bool,
+        /// List a folder: [PART:]PATH, PART a partition number, GPT name or label
+        /// (default: the root filesystem).
+        #[arg(long, value_name = "[PART:]PATH")]
+        ls: Option<String>,
+        /// Write a file's content to standard output: [PART:]PATH.
+        #[arg(long, value_name = "[PART:]PATH", conflicts_with_all = ["ls", "json"])]
+        cat: Option<String>,
+    },
+    /// Say where two images differ, from the outside in: format header, partition table,
+    /// filesystem metadata, files, then blocks no file explains. Exit 0 when identical,
+    /// 1 when different, 2 on error.
+    Diff {
+        /// First image.
+        a: PathBuf,
+        /// Second image.
+        b: PathBuf,
+        /// Print the differences as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 struct BuildArgs {
@@ -183,9 +211,55 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
     Ok(BuildArgs { spec, out: out.unwrap_or_else(|| PathBuf::from("result")), json })
 }
 
+/// `inspect`: the report, a listing or a file's bytes.
+fn inspect(image: &std::path::Path, json: bool, ls: Option<String>, cat: Option<String>) -> Result<()> {
+    use std::io::Write;
+    let disk = mdi_inspect::Disk::open(image).with_context(|| format!("cannot read image '{}'", image.display()))?;
+    let open = |spec: &str| -> Result<(mdi_inspect::Part, Vec<u8>)> {
+        mdi_inspect::select(&disk, spec).map_err(|e| anyhow!("{}: {e}", image.display()))
+    };
+    if let Some(spec) = cat {
+        let (part, path) = open(&spec)?;
+        let w = part.window(&disk);
+        let fs = mdi_inspect::fs::open(&w).map_err(|e| anyhow!(e))?.ok_or_else(|| anyhow!("no filesystem"))?;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        fs.cat(&path, &mut out).map_err(|e| anyhow!("{spec}: {e}"))?;
+        out.flush()?;
+        return Ok(());
+    }
+    let mut report = mdi_inspect::inspect(&disk).with_context(|| format!("reading '{}'", image.display()))?;
+    let mut listing = None;
+    if let Some(spec) = ls {
+        let (part, path) = open(&spec)?;
+        let w = part.window(&disk);
+        let fs = mdi_inspect::fs::open(&w).map_err(|e| anyhow!(e))?.ok_or_else(|| anyhow!("no filesystem"))?;
+        let nodes = fs.list(&path).map_err(|e| anyhow!("{spec}: {e}"))?;
+        report["ls"] = serde_json::json!({
+            "partition": part.number,
+            "path": String::from_utf8_lossy(&path),
+            "entries": mdi_inspect::nodes_json(&nodes),
+        });
+        listing = Some(mdi_inspect::render_nodes(&nodes));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if let Some(l) = listing {
+        print!("{l}");
+    } else {
+        print!("{}", mdi_inspect::render(&report));
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Inspect { image, json, ls, cat } => inspect(&image, json, ls, cat),
+        Cmd::Diff { a, b, json } => {
+            let (code, text) = mdi_inspect::diff::run(&a, &b, json);
+            print!("{text}");
+            std::process::exit(code)
+        }
         Cmd::Convert { input, output, format, format_options, seed } => {
             let opts = match serde_json::from_str::<Value>(&format_options) {
                 Ok(Value::Object(m)) => m,

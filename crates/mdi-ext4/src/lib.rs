@@ -33,6 +33,7 @@ mod group_desc;
 mod htree;
 mod inode;
 mod journal;
+pub mod read;
 mod superblock;
 mod writer;
 mod xattr;

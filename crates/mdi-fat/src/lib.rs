@@ -11,6 +11,7 @@
 mod boot_sector;
 mod dir_entry;
 mod layout;
+pub mod read;
 mod time;
 mod writer;
 

@@ -6,6 +6,7 @@
 
 mod gpt;
 mod mbr;
+pub mod read;
 
 pub use gpt::{Gpt, GptPartition, GPT_ENTRIES, GPT_SECTORS};
 pub use mbr::{Mbr, MbrPartition};

@@ -130,6 +130,130 @@ impl Sink for OffsetSink<'_> {
     }
 }
 
+/// A disk in memory, growing as it is written (tests, and the readers' fuzzing).
+#[derive(Clone, Debug, Default)]
+pub struct MemSink(pub Vec<u8>);
+
+impl Sink for MemSink {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| io::Error::other("offset too large for memory"))?;
+        let end = start + data.len();
+        if self.0.len() < end {
+            self.0.resize(end, 0);
+        }
+        self.0[start..end].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// Positional reads of a disk, a partition or a file: the read side of the seam, used by
+/// the readers of partition tables and filesystems (`make-disk-image inspect`).
+///
+/// Reads take `&self` like `pread`; a source with caches keeps them behind a lock.
+pub trait ReadAt {
+    /// Bytes readable.
+    fn size(&self) -> u64;
+    /// Fills `buf` from byte `offset`; reading past [`ReadAt::size`] is an error.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// The error for a read past the end of a source of `size` bytes.
+pub fn past_end(offset: u64, len: usize, size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("read of {len} bytes at byte {offset} is past the end ({size} bytes)"),
+    )
+}
+
+impl ReadAt for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let start = usize::try_from(offset).ok().filter(|&s| s <= self.len());
+        match start.and_then(|s| s.checked_add(buf.len()).map(|e| (s, e))) {
+            Some((s, e)) if e <= self.len() => {
+                buf.copy_from_slice(&self[s..e]);
+                Ok(())
+            }
+            _ => Err(past_end(offset, buf.len(), self.size())),
+        }
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.as_slice().size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.as_slice().read_at(offset, buf)
+    }
+}
+
+impl ReadAt for File {
+    fn size(&self) -> u64 {
+        self.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+}
+
+/// `len` bytes of another source from `offset` (a partition of a disk). The window is
+/// clipped to the source: a partition table may claim more than the disk has.
+pub struct Window<'a> {
+    inner: &'a dyn ReadAt,
+    offset: u64,
+    len: u64,
+}
+
+impl<'a> Window<'a> {
+    /// The part of `inner` from `offset`, at most `len` bytes.
+    pub fn new(inner: &'a dyn ReadAt, offset: u64, len: u64) -> Self {
+        let len = len.min(inner.size().saturating_sub(offset));
+        Window { inner, offset, len }
+    }
+}
+
+impl ReadAt for Window<'_> {
+    fn size(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        match offset.checked_add(buf.len() as u64) {
+            Some(end) if end <= self.len => self.inner.read_at(self.offset + offset, buf),
+            _ => Err(past_end(offset, buf.len(), self.len)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +267,19 @@ mod tests {
         b[4096] = 0;
         b[7] = 1;
         assert!(!is_zero(&b));
+    }
+
+    #[test]
+    fn windows_stay_inside() {
+        let disk: Vec<u8> = (0..100u8).collect();
+        let w = Window::new(&disk, 90, 50);
+        assert_eq!(w.size(), 10);
+        let mut b = [0u8; 4];
+        w.read_at(6, &mut b).unwrap();
+        assert_eq!(b, [96, 97, 98, 99]);
+        assert!(w.read_at(7, &mut b).is_err());
+        assert!(w.read_at(u64::MAX, &mut b).is_err());
+        assert!(disk.read_at(u64::MAX - 1, &mut b).is_err());
     }
 
     #[test]

@@ -80,11 +80,26 @@ pub trait Image: Send {
         let _ = (offset, len);
         Ok(true)
     }
+    /// The header fields the reader parsed, by their names in the format's specification,
+    /// in file order (for `inspect` and `diff`); empty for raw.
+    fn header(&self) -> &[(&'static str, String)] {
+        &[]
+    }
 }
 
 /// Opens an image, telling its format by magic number; anything unrecognised is raw.
 pub fn open(path: &Path) -> io::Result<Box<dyn Image>> {
-    let src = Src::open(path)?;
+    open_src(Src::open(path)?)
+}
+
+/// Opens an image held by any positional reader (an image in memory, for tests and
+/// fuzzing); `name` is used in error messages.
+pub fn open_from(name: &str, data: Box<dyn mdi_sink::ReadAt + Send + Sync>) -> io::Result<Box<dyn Image>> {
+    let len = data.size();
+    open_src(Src { data: Backing::Other(data), len, name: name.to_string() })
+}
+
+fn open_src(src: Src) -> io::Result<Box<dyn Image>> {
     let mut head = [0u8; 512];
     let n = src.len.min(512) as usize;
     src.read(0, &mut head[..n], "the first sector")?;
@@ -118,9 +133,15 @@ pub const MAX_TABLE: u64 = 1 << 30;
 
 /// The input file, with bounds-checked reads and errors that name it.
 pub(crate) struct Src {
-    pub file: File,
+    pub data: Backing,
     pub len: u64,
     name: String,
+}
+
+/// Where the image bytes come from.
+pub(crate) enum Backing {
+    File(File),
+    Other(Box<dyn mdi_sink::ReadAt + Send + Sync>),
 }
 
 impl Src {
@@ -133,7 +154,7 @@ impl Src {
         } else {
             meta.len()
         };
-        Ok(Src { file, len, name: path.display().to_string() })
+        Ok(Src { data: Backing::File(file), len, name: path.display().to_string() })
     }
 
     /// An `InvalidData` error about this file.
@@ -149,10 +170,11 @@ impl Src {
     /// Reads `buf.len()` bytes at `off`, which must lie inside the file.
     pub fn read(&self, off: u64, buf: &mut [u8], what: &str) -> io::Result<()> {
         match off.checked_add(buf.len() as u64) {
-            Some(end) if end <= self.len => self
-                .file
-                .read_exact_at(buf, off)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: reading {what}: {e}", self.name))),
+            Some(end) if end <= self.len => match &self.data {
+                Backing::File(f) => f.read_exact_at(buf, off),
+                Backing::Other(r) => r.read_at(off, buf),
+            }
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: reading {what}: {e}", self.name))),
             _ => Err(self.bad(format_args!(
                 "{what} ({} bytes at offset {off}) lies past the end of the file ({} bytes)",
                 buf.len(),

@@ -62,6 +62,38 @@ pub(crate) struct Qcow2 {
     l1: Vec<u64>,
     l2: TableCache,
     last: LastUnit,
+    header: Vec<(&'static str, String)>,
+}
+
+/// The header fields (names as in QEMU's qcow2.rst) present in `h[..n]`.
+fn header_fields(h: &[u8], n: usize, v3: bool) -> Vec<(&'static str, String)> {
+    let mut f = vec![
+        ("version", be32(h, 4).to_string()),
+        ("backing_file_offset", be64(h, 8).to_string()),
+        ("backing_file_size", be32(h, 16).to_string()),
+        ("cluster_bits", be32(h, 20).to_string()),
+        ("size", be64(h, 24).to_string()),
+        ("crypt_method", be32(h, 32).to_string()),
+        ("l1_size", be32(h, 36).to_string()),
+        ("l1_table_offset", format!("{:#x}", be64(h, 40))),
+        ("refcount_table_offset", format!("{:#x}", be64(h, 48))),
+        ("refcount_table_clusters", be32(h, 56).to_string()),
+        ("nb_snapshots", be32(h, 60).to_string()),
+        ("snapshots_offset", format!("{:#x}", be64(h, 64))),
+    ];
+    if v3 && n >= 104 {
+        f.extend([
+            ("incompatible_features", format!("{:#x}", be64(h, 72))),
+            ("compatible_features", format!("{:#x}", be64(h, 80))),
+            ("autoclear_features", format!("{:#x}", be64(h, 88))),
+            ("refcount_order", be32(h, 96).to_string()),
+            ("header_length", be32(h, 100).to_string()),
+        ]);
+        if n >= 105 && be32(h, 100) >= 105 {
+            f.push(("compression_type", h[104].to_string()));
+        }
+    }
+    f
 }
 
 impl Qcow2 {
@@ -153,6 +185,7 @@ impl Qcow2 {
             l1,
             l2: TableCache::new(L2_CACHE),
             last: LastUnit::new(),
+            header: header_fields(&h, n, v3),
         })
     }
 
@@ -271,6 +304,10 @@ impl Qcow2 {
 impl Image for Qcow2 {
     fn format(&self) -> Format {
         Format::Qcow2
+    }
+
+    fn header(&self) -> &[(&'static str, String)] {
+        &self.header
     }
 
     fn virtual_size(&self) -> u64 {

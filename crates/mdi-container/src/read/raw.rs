@@ -38,7 +38,10 @@ pub(crate) fn file_has_data(src: &Src, offset: u64, len: u64) -> bool {
     if len == 0 || offset >= src.len {
         return false;
     }
-    match rustix::fs::seek(&src.file, rustix::fs::SeekFrom::Data(offset)) {
+    let super::Backing::File(file) = &src.data else {
+        return true;
+    };
+    match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset)) {
         Ok(next) => next < offset.saturating_add(len),
         // No data at or after `offset`.
         Err(rustix::io::Errno::NXIO) => false,

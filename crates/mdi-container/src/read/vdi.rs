@@ -23,6 +23,33 @@ pub(crate) struct Vdi {
     data: u64,
     stride: u64,
     map: Vec<u32>,
+    header: Vec<(&'static str, String)>,
+}
+
+/// Header fields (names as in VirtualBox's VDIHEADER1).
+fn header_fields(h: &[u8]) -> Vec<(&'static str, String)> {
+    let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(&h[r]).trim_end_matches('\0').to_string();
+    let uuid = |at: usize| h[at..at + 16].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    vec![
+        ("szFileInfo", text(0..0x40)),
+        ("u32Version", format!("{:#x}", le32(h, 0x44))),
+        ("cbHeader", le32(h, 0x48).to_string()),
+        ("u32Type", le32(h, 0x4C).to_string()),
+        ("fFlags", format!("{:#x}", le32(h, 0x50))),
+        ("szComment", text(0x54..0x154)),
+        ("offBlocks", le32(h, 0x154).to_string()),
+        ("offData", le32(h, 0x158).to_string()),
+        ("LegacyGeometry", format!("{}/{}/{}/{}", le32(h, 0x15C), le32(h, 0x160), le32(h, 0x164), le32(h, 0x168))),
+        ("cbDisk", le64(h, 0x170).to_string()),
+        ("cbBlock", le32(h, 0x178).to_string()),
+        ("cbBlockExtra", le32(h, 0x17C).to_string()),
+        ("cBlocks", le32(h, 0x180).to_string()),
+        ("cBlocksAllocated", le32(h, 0x184).to_string()),
+        ("uuidCreate", uuid(0x188)),
+        ("uuidModify", uuid(0x198)),
+        ("uuidLinkage", uuid(0x1A8)),
+        ("uuidParentModify", uuid(0x1B8)),
+    ]
 }
 
 impl Vdi {
@@ -64,7 +91,8 @@ impl Vdi {
         }
         let raw = src.table(map_off, blocks * 4, "VDI block map")?;
         let map = raw.chunks_exact(4).map(|e| le32(e, 0)).collect();
-        Ok(Vdi { src, size, block, data: data_off + extra, stride: block + extra, map })
+        let data = data_off.checked_add(extra).ok_or_else(|| src.bad("VDI data offset overflows"))?;
+        Ok(Vdi { src, size, block, data, stride: block + extra, map, header: header_fields(&h) })
     }
 
     fn entry(&self, k: u64) -> io::Result<Option<u64>> {
@@ -85,6 +113,10 @@ impl Vdi {
 impl Image for Vdi {
     fn format(&self) -> Format {
         Format::Vdi
+    }
+
+    fn header(&self) -> &[(&'static str, String)] {
+        &self.header
     }
 
     fn virtual_size(&self) -> u64 {

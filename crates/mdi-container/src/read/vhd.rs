@@ -22,6 +22,48 @@ pub(crate) struct Vhd {
     size: u64,
     /// None for a fixed disk.
     dynamic: Option<Dynamic>,
+    header: Vec<(&'static str, String)>,
+}
+
+/// Footer fields (names as in the VHD specification).
+fn footer_fields(f: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        ("features", format!("{:#x}", be32(f, 8))),
+        ("file_format_version", format!("{:#x}", be32(f, 12))),
+        ("data_offset", format!("{:#x}", be64(f, 16))),
+        ("time_stamp", be32(f, 24).to_string()),
+        ("creator_application", text(&f[28..32])),
+        ("creator_version", format!("{:#x}", be32(f, 32))),
+        ("creator_host_os", text(&f[36..40])),
+        ("original_size", be64(f, 40).to_string()),
+        ("current_size", be64(f, 48).to_string()),
+        ("disk_geometry", format!("{}/{}/{}", u16::from_be_bytes([f[56], f[57]]), f[58], f[59])),
+        ("disk_type", be32(f, 60).to_string()),
+        ("checksum", format!("{:#x}", be32(f, 64))),
+        ("unique_id", hex(&f[68..84])),
+        ("saved_state", f[84].to_string()),
+    ]
+}
+
+/// Dynamic header fields.
+fn dynamic_fields(d: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        ("dyn.data_offset", format!("{:#x}", be64(d, 8))),
+        ("dyn.table_offset", format!("{:#x}", be64(d, 16))),
+        ("dyn.header_version", format!("{:#x}", be32(d, 24))),
+        ("dyn.max_table_entries", be32(d, 28).to_string()),
+        ("dyn.block_size", be32(d, 32).to_string()),
+        ("dyn.checksum", format!("{:#x}", be32(d, 36))),
+        ("dyn.parent_unique_id", hex(&d[40..56])),
+    ]
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim_end_matches(['\0', ' ']).to_string()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 struct Dynamic {
@@ -50,7 +92,7 @@ impl Vhd {
                 if size > src.len - 512 {
                     return Err(src.bad(format_args!("fixed VHD of {size} bytes is larger than its file")));
                 }
-                Ok(Vhd { src, size, dynamic: None })
+                Ok(Vhd { src, size, dynamic: None, header: footer_fields(&f) })
             }
             3 => {
                 let dyn_off = be64(&f, 16);
@@ -74,10 +116,13 @@ impl Vhd {
                 let need = size.div_ceil(block);
                 let raw = src.table(bat_off, need * 4, "VHD block allocation table")?;
                 let bat = raw.chunks_exact(4).map(|e| be32(e, 0)).collect();
+                let mut header = footer_fields(&f);
+                header.extend(dynamic_fields(&d));
                 Ok(Vhd {
                     src,
                     size,
                     dynamic: Some(Dynamic { block, bitmap: (block / 512).div_ceil(8).next_multiple_of(512), bat }),
+                    header,
                 })
             }
             4 => Err(src.unsupported("is a differencing VHD with a parent; convert needs a self-contained image")),
@@ -99,6 +144,10 @@ impl Dynamic {
 impl Image for Vhd {
     fn format(&self) -> Format {
         Format::Vpc
+    }
+
+    fn header(&self) -> &[(&'static str, String)] {
+        &self.header
     }
 
     fn virtual_size(&self) -> u64 {

@@ -38,32 +38,12 @@ const PHYSICAL_SECTOR_SIZE: [u8; 16] =
     guid(0xCDA3_48C7, 0x445D, 0x4471, [0x9C, 0xC9, 0xE9, 0x88, 0x52, 0x51, 0xC5, 0x56]);
 const PARENT_LOCATOR: [u8; 16] = guid(0xA8D3_5F2D, 0xB30B, 0x454D, [0xAB, 0xF7, 0xD3, 0xD8, 0x48, 0x34, 0xAB, 0x0C]);
 
-/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), which guards headers and region
-/// tables.
-const CRC_TABLE: [u32; 256] = {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-};
-
-/// CRC-32C of `data` with the 4 bytes at `skip` (the checksum field) taken as zeros.
+/// CRC-32C (Castagnoli) of `data` with the 4 bytes at `skip` (the checksum field) taken
+/// as zeros; it guards headers and region tables.
 pub(super) fn crc32c_skipping(data: &[u8], skip: usize) -> u32 {
-    let mut c = !0u32;
-    for (i, &b) in data.iter().enumerate() {
-        let b = if (skip..skip + 4).contains(&i) { 0 } else { b };
-        c = CRC_TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
+    let c = crc32c::crc32c(&data[..skip]);
+    let c = crc32c::crc32c_append(c, &[0; 4]);
+    crc32c::crc32c_append(c, &data[skip + 4..])
 }
 
 /// Payload block states that have data in the file.
@@ -76,6 +56,22 @@ pub(crate) struct Vhdx {
     block: u64,
     chunk_ratio: u64,
     bat: Vec<u64>,
+    header: Vec<(&'static str, String)>,
+}
+
+/// A GUID in its usual text form from its on-disk (mixed-endian) bytes.
+fn guid_text(b: &[u8]) -> String {
+    format!(
+        "{:08x}-{:04x}-{:04x}-{}",
+        le32(b, 0),
+        le16(b, 4),
+        le16(b, 6),
+        b[8..16]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| if i == 2 { format!("-{x:02x}") } else { format!("{x:02x}") })
+            .collect::<String>()
+    )
 }
 
 impl Vhdx {
@@ -96,6 +92,20 @@ impl Vhdx {
         let Some((_, h)) = current else {
             return Err(src.bad("no valid VHDX header"));
         };
+        let mut ident = vec![0u8; 520];
+        src.read(0, &mut ident, "the VHDX file type identifier")?;
+        let creator: Vec<u16> = ident[8..520].chunks_exact(2).map(|c| le16(c, 0)).take_while(|&u| u != 0).collect();
+        let mut header = vec![
+            ("Creator", String::from_utf16_lossy(&creator)),
+            ("SequenceNumber", le64(&h, 8).to_string()),
+            ("FileWriteGuid", guid_text(&h[16..32])),
+            ("DataWriteGuid", guid_text(&h[32..48])),
+            ("LogGuid", guid_text(&h[48..64])),
+            ("LogVersion", le16(&h, 64).to_string()),
+            ("Version", le16(&h, 66).to_string()),
+            ("LogLength", le32(&h, 68).to_string()),
+            ("LogOffset", le64(&h, 72).to_string()),
+        ];
         if le16(&h, 66) != 1 {
             return Err(src.unsupported(format_args!("VHDX version {} is not supported", le16(&h, 66))));
         }
@@ -127,6 +137,10 @@ impl Vhdx {
         for e in r[16..].chunks_exact(32).take(count) {
             let id: [u8; 16] = e[..16].try_into().expect("16 bytes");
             let place = (le64(e, 16), u64::from(le32(e, 24)));
+            header.push((
+                "Region",
+                format!("{} at {} length {} required {}", guid_text(&id), place.0, place.1, le32(e, 28) & 1),
+            ));
             if id == BAT_REGION {
                 bat_region = Some(place);
             } else if id == METADATA_REGION {
@@ -140,7 +154,8 @@ impl Vhdx {
         };
 
         // Metadata.
-        let meta = src.table(meta_off, meta_len, "VHDX metadata region")?;
+        // The metadata table is the region's first 64 KiB; items are read one by one.
+        let meta = src.table(meta_off, meta_len.min(64 * KIB), "VHDX metadata table")?;
         if meta.len() < 32 || !meta.starts_with(b"metadata") {
             return Err(src.bad("VHDX metadata table not found"));
         }
@@ -151,11 +166,15 @@ impl Vhdx {
         let (mut params, mut size, mut lss) = (None, None, None);
         for e in meta[32..].chunks_exact(32).take(items) {
             let id: [u8; 16] = e[..16].try_into().expect("16 bytes");
-            let (off, len) = (le32(e, 16) as usize, le32(e, 20) as usize);
-            let item = off
-                .checked_add(len)
-                .and_then(|end| meta.get(off..end))
-                .ok_or_else(|| src.bad("VHDX metadata item lies outside its region"))?;
+            let (off, len) = (u64::from(le32(e, 16)), u64::from(le32(e, 20)));
+            if off.checked_add(len).is_none_or(|end| end > meta_len) {
+                return Err(src.bad("VHDX metadata item lies outside its region"));
+            }
+            // Only the fixed-size items below are used: read at most their 16 bytes.
+            let mut item = vec![0u8; len.min(16) as usize];
+            let at = meta_off.checked_add(off).ok_or_else(|| src.bad("VHDX metadata item offset overflows"))?;
+            src.read(at, &mut item, "a VHDX metadata item")?;
+            let item = &item[..];
             let need = |n: usize| {
                 if item.len() < n {
                     Err(src.bad("VHDX metadata item is too short"))
@@ -182,7 +201,14 @@ impl Vhdx {
                          convert needs a self-contained image",
                     ))
                 }
-                VIRTUAL_DISK_ID | PHYSICAL_SECTOR_SIZE => {}
+                VIRTUAL_DISK_ID => {
+                    need(16)?;
+                    header.push(("VirtualDiskId", guid_text(item)));
+                }
+                PHYSICAL_SECTOR_SIZE => {
+                    need(4)?;
+                    header.push(("PhysicalSectorSize", le32(item, 0).to_string()));
+                }
                 _ if le32(e, 24) & 4 != 0 => {
                     return Err(src.unsupported("has an unknown required VHDX metadata item"));
                 }
@@ -205,6 +231,12 @@ impl Vhdx {
             return Err(src.bad(format_args!("VHDX disk size {size} is above 64 TiB")));
         }
         let chunk_ratio = (1 << 23) * lss / block;
+        header.extend([
+            ("BlockSize", block.to_string()),
+            ("FileParametersFlags", flags.to_string()),
+            ("VirtualDiskSize", size.to_string()),
+            ("LogicalSectorSize", lss.to_string()),
+        ]);
 
         // BAT: entries up to the last payload block's.
         let blocks = size.div_ceil(block);
@@ -214,7 +246,7 @@ impl Vhdx {
         }
         let raw = src.table(bat_region.0, entries * 8, "VHDX BAT")?;
         let bat = raw.chunks_exact(8).map(|e| le64(e, 0)).collect();
-        Ok(Vhdx { src, size, block, chunk_ratio, bat })
+        Ok(Vhdx { src, size, block, chunk_ratio, bat, header })
     }
 
     /// The file offset of payload block `k`, or None when it reads as zeros.
@@ -237,6 +269,10 @@ impl Vhdx {
 impl Image for Vhdx {
     fn format(&self) -> Format {
         Format::Vhdx
+    }
+
+    fn header(&self) -> &[(&'static str, String)] {
+        &self.header
     }
 
     fn virtual_size(&self) -> u64 {

@@ -40,6 +40,7 @@ pub(crate) struct Vmdk {
     gd: Vec<u32>,
     gts: TableCache,
     last: LastUnit,
+    fields: Vec<(&'static str, String)>,
 }
 
 struct Header {
@@ -51,6 +52,24 @@ struct Header {
     gtes: u32,
     gd_off: u64,
     compress: u16,
+}
+
+/// Sparse extent header fields (names as in VMware's technical note).
+fn header_fields(h: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        ("version", le32(h, 4).to_string()),
+        ("flags", format!("{:#x}", le32(h, 8))),
+        ("capacity", le64(h, 12).to_string()),
+        ("grainSize", le64(h, 20).to_string()),
+        ("descriptorOffset", le64(h, 28).to_string()),
+        ("descriptorSize", le64(h, 36).to_string()),
+        ("numGTEsPerGT", le32(h, 44).to_string()),
+        ("rgdOffset", le64(h, 48).to_string()),
+        ("gdOffset", le64(h, 56).to_string()),
+        ("overHead", le64(h, 64).to_string()),
+        ("uncleanShutdown", h[72].to_string()),
+        ("compressAlgorithm", le16(h, 77).to_string()),
+    ]
 }
 
 fn header(h: &[u8]) -> Header {
@@ -75,6 +94,7 @@ impl Vmdk {
             return Err(src.unsupported(format_args!("VMDK version {version} is not supported")));
         }
         let mut h = header(&b);
+        let mut fields = header_fields(&b);
         if h.gd_off == GD_AT_END {
             // streamOptimized: the footer holds the real header.
             let end = src.len.checked_sub(1536).ok_or_else(|| src.bad("VMDK footer missing"))?;
@@ -87,8 +107,9 @@ impl Vmdk {
             if h.gd_off == GD_AT_END {
                 return Err(src.bad("VMDK footer has no grain directory offset"));
             }
+            fields.extend(header_fields(&f[512..]).into_iter().map(|(k, v)| (footer_name(k), v)));
         }
-        check_descriptor(&src, &h)?;
+        fields.extend(check_descriptor(&src, &h)?);
         if h.grain == 0 || h.grain > 1 << 16 {
             return Err(src.bad(format_args!("VMDK grain size {} is not supported", h.grain)));
         }
@@ -117,6 +138,7 @@ impl Vmdk {
             gd,
             gts: TableCache::new(GT_CACHE),
             last: LastUnit::new(),
+            fields,
         })
     }
 
@@ -189,10 +211,42 @@ impl Vmdk {
     }
 }
 
-/// Refuses delta links: their descriptor names a parent.
-fn check_descriptor(src: &Src, h: &Header) -> io::Result<()> {
+/// The footer copy of a header field.
+fn footer_name(k: &'static str) -> &'static str {
+    match k {
+        "version" => "footer.version",
+        "flags" => "footer.flags",
+        "capacity" => "footer.capacity",
+        "grainSize" => "footer.grainSize",
+        "descriptorOffset" => "footer.descriptorOffset",
+        "descriptorSize" => "footer.descriptorSize",
+        "numGTEsPerGT" => "footer.numGTEsPerGT",
+        "rgdOffset" => "footer.rgdOffset",
+        "gdOffset" => "footer.gdOffset",
+        "overHead" => "footer.overHead",
+        "uncleanShutdown" => "footer.uncleanShutdown",
+        _ => "footer.compressAlgorithm",
+    }
+}
+
+/// Descriptor keys reported as header fields.
+const DESCRIPTOR_KEYS: [(&str, &str); 8] = [
+    ("version", "descriptor.version"),
+    ("CID", "descriptor.CID"),
+    ("parentCID", "descriptor.parentCID"),
+    ("createType", "descriptor.createType"),
+    ("ddb.adapterType", "descriptor.ddb.adapterType"),
+    ("ddb.virtualHWVersion", "descriptor.ddb.virtualHWVersion"),
+    ("ddb.uuid", "descriptor.ddb.uuid"),
+    ("ddb.toolsVersion", "descriptor.ddb.toolsVersion"),
+];
+
+/// Refuses delta links: their descriptor names a parent. Returns the descriptor's known
+/// keys and its extent lines as header fields.
+fn check_descriptor(src: &Src, h: &Header) -> io::Result<Vec<(&'static str, String)>> {
+    let mut fields = Vec::new();
     if h.desc_off == 0 || h.desc_size == 0 {
-        return Ok(());
+        return Ok(fields);
     }
     let (Some(off), Some(len)) = (h.desc_off.checked_mul(512), h.desc_size.checked_mul(512)) else {
         return Err(src.bad("VMDK descriptor location overflows"));
@@ -207,13 +261,22 @@ fn check_descriptor(src: &Src, h: &Header) -> io::Result<()> {
         if key.eq_ignore_ascii_case("parentCID") && !value.eq_ignore_ascii_case("ffffffff") {
             return Err(src.unsupported("is a VMDK delta link with a parent; convert needs a self-contained image"));
         }
+        if let Some((_, name)) = DESCRIPTOR_KEYS.iter().find(|(k, _)| *k == key) {
+            fields.push((*name, value.to_string()));
+        } else if line.trim_start().starts_with("RW ") || line.trim_start().starts_with("RDONLY ") {
+            fields.push(("descriptor.extent", line.trim().to_string()));
+        }
     }
-    Ok(())
+    Ok(fields)
 }
 
 impl Image for Vmdk {
     fn format(&self) -> Format {
         Format::Vmdk
+    }
+
+    fn header(&self) -> &[(&'static str, String)] {
+        &self.fields
     }
 
     fn virtual_size(&self) -> u64 {
