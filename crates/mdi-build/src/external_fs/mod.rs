@@ -17,12 +17,12 @@
 //!   and subvolume UUIDs at random with no option to set them. Its root folder also gets
 //!   the build time and mode 0755 whatever the tree says, and times lose their nanoseconds.
 
-mod btrfs_fsid;
+mod btrfs_fixup;
 mod erofs;
 mod xfs;
 
 use anyhow::{anyhow, bail, Context, Result};
-use mdi_ident::Uuid;
+use mdi_ident::{Seed, Uuid};
 use mdi_sink::Sink;
 use mdi_tree::stage::{stage, StageOptions, Staged};
 use mdi_tree::{Kind, Timestamp, Tree};
@@ -51,6 +51,8 @@ pub(crate) struct Options<'a> {
     pub fs_type: &'a str,
     pub size: Size,
     pub uuid: Uuid,
+    /// Where other identifiers come from (btrfs' device, chunk tree and subvolume UUIDs).
+    pub seed: Seed,
     pub label: &'a str,
     /// SOURCE_DATE_EPOCH.
     pub time: i64,
@@ -487,17 +489,8 @@ fn btrfs(tree: &Tree, staged: &Staged, img: &Path, s: &Stats, opts: &Options) ->
         match run(fakeroot(staged, "mkfs.btrfs", &args).env("SOURCE_DATE_EPOCH", opts.time.to_string()), "mkfs.btrfs") {
             Ok(_) => {
                 let made = file_len(img)?;
-                // mkfs.btrfs numbers each inode as its staged file's inode number plus 256
-                // (BTRFS_FIRST_FREE_OBJECTID); fakeroot's device nodes are plain files.
-                let mut devices = HashMap::new();
-                for (id, rel) in mdi_tree::stage::relative_paths(tree) {
-                    if let Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } = tree.get(id).kind {
-                        let p = staged.root.join(std::ffi::OsStr::from_bytes(&rel));
-                        let md = std::fs::symlink_metadata(&p).with_context(|| format!("'{}'", p.display()))?;
-                        devices.insert(md.ino() + 256, (major, minor));
-                    }
-                }
-                btrfs_fsid::set_fsid(img, btrfs_fsid::read_fsid(img)?, opts.uuid.0, &devices)?;
+                let inodes = inodes_fixed(tree, staged)?;
+                btrfs_fixup::fix(img, &btrfs_fixes(opts, &inodes))?;
                 match fixed {
                     Some(have) if made > have && !shrink => shrink = true,
                     Some(have) if made > have => return Err(too_small("btrfs", made, have, opts)),
@@ -520,6 +513,43 @@ fn btrfs(tree: &Tree, staged: &Staged, img: &Path, s: &Stats, opts: &Options) ->
         cancelled(opts)?;
     }
     unreachable!("the loop returns")
+}
+
+/// What mkfs.btrfs did not take from the staged tree, by inode number: it numbers each
+/// inode as its staged file's inode number plus 256 (BTRFS_FIRST_FREE_OBJECTID) and the
+/// root folder 256.
+fn inodes_fixed(tree: &Tree, staged: &Staged) -> Result<HashMap<u64, btrfs_fixup::InodeFix>> {
+    let mut inodes = HashMap::new();
+    for (id, rel) in mdi_tree::stage::relative_paths(tree) {
+        let e = tree.get(id);
+        let mut fix = btrfs_fixup::InodeFix { mtime: e.meta.mtime, ..Default::default() };
+        let ino = if id == mdi_tree::ROOT {
+            fix.perm = Some((e.meta.perm, e.meta.uid, e.meta.gid));
+            btrfs_fixup::ROOT_DIR
+        } else {
+            let p = staged.root.join(std::ffi::OsStr::from_bytes(&rel));
+            std::fs::symlink_metadata(&p).with_context(|| format!("'{}'", p.display()))?.ino() + 256
+        };
+        if let Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } = e.kind {
+            fix.rdev = Some((major, minor));
+        }
+        inodes.insert(ino, fix);
+    }
+    Ok(inodes)
+}
+
+/// The identifiers (from the spec's seed) and times the filesystem is to have.
+fn btrfs_fixes<'a>(opts: &Options, inodes: &'a HashMap<u64, btrfs_fixup::InodeFix>) -> btrfs_fixup::Fixes<'a> {
+    btrfs_fixup::Fixes {
+        ids: btrfs_fixup::Identity {
+            fsid: opts.uuid.0,
+            dev_uuid: opts.seed.uuid(b"btrfs-dev-uuid").0,
+            chunk_tree_uuid: opts.seed.uuid(b"btrfs-chunk-tree-uuid").0,
+            subvol_uuid: opts.seed.uuid(b"btrfs-subvol-uuid").0,
+        },
+        time: opts.time,
+        inodes,
+    }
 }
 
 fn vfat(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report> {
