@@ -440,6 +440,54 @@ fn squashfs_edge_case_tree() {
     edge_case_tree("squashfs");
 }
 
+/// Without root there is no loop mount for a fresh staging filesystem: btrfs is staged on
+/// the output folder's filesystem, the manifest says the result is not reproducible and
+/// why, and all the rest holds as with root.
+#[test]
+fn btrfs_without_root_is_not_reproducible_but_right() {
+    let t = fs_type("btrfs");
+    if skip_without_tools(t) || skip_unless_root("btrfs without root (setpriv drops root; loop mount)") {
+        return;
+    }
+    if !tool_exists("setpriv") {
+        eprintln!("SKIP btrfs without root: setpriv is not installed (apt-get install util-linux)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for d in ["one", "two/three", "four"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        for f in 0..8 {
+            fs::write(src.join(d).join(format!("f{f}")), vec![b'x'; f * 3000]).unwrap();
+        }
+    }
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o751)).unwrap();
+    set_mtime(&src, ROOT_MTIME.0, ROOT_MTIME.1);
+    sh("chown -R 65534:65534 .", tmp.path());
+    let out = tmp.path().join("out");
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", bin(), "build", "--root-dir"])
+        .arg(&src)
+        .args(["--fs-type", "btrfs", "--partition-table-type", "none", "--source-date-epoch", &SDE.to_string(), "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "build as nobody: {}", String::from_utf8_lossy(&o.stderr));
+    let r = root_fs(&out);
+    assert_eq!(r["reproducible"], false);
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("not byte-reproducible") && notes.contains("needs root"), "{notes}");
+    let img = out.join("nixos.img");
+    let c = Command::new("btrfs").args(["check", "--readonly"]).arg(&img).output().unwrap();
+    assert!(c.status.success(), "btrfs check: {}", String::from_utf8_lossy(&c.stdout));
+    btrfs_dump_checks(&img, r["uuid"].as_str().unwrap());
+    let m = PartMount::new(&img, 0, r["size"].as_u64().unwrap(), "btrfs");
+    let md = fs::metadata(m.path()).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o751, 65534, 65534), "root folder mode, owner");
+    assert_eq!((md.mtime(), md.mtime_nsec() as u32), ROOT_MTIME, "root folder mtime");
+    compare_trees_with(&src, m.path(), &[], &Expect { sde: SDE, owner: None }, t.leeway);
+}
+
 /// The tiny Nix corpus as a full image (store, Nix database, profiles) where the tool can
 /// hold every name in it; else its clear error, and the store without those names.
 fn tiny_corpus(name: &str) {

@@ -21,7 +21,8 @@
 //! - the `transid` of directory entries and extended attribute items, which mkfs never
 //!   sets (whatever bytes were there stay): it becomes the generation of the inode the
 //!   entry names (of its own inode for attributes), as the kernel writes it;
-//! - device numbers, which mkfs 6.2 leaves at 0 (fakeroot's device nodes are plain files).
+//! - device numbers, which mkfs 6.2 leaves at 0 (fakeroot's device nodes are plain files);
+//! - the unused middle of each tree block, which holds stale bytes of moved items.
 //!
 //! On-disk format (<https://btrfs.readthedocs.io/en/latest/dev/On-disk-format.html>), all
 //! little-endian:
@@ -162,6 +163,24 @@ fn is_leaf(node: &[u8]) -> bool {
     node[0x64] == 0
 }
 
+/// Zeroes the unused middle of a tree block: in a leaf, between the item headers and the
+/// item data (packed at the end); in a node, after the key pointers (33 bytes each). It
+/// holds stale copies of items moved while mkfs filled the tree, uninitialized fields and
+/// all (seen: heap addresses, which change with every run).
+fn zero_free_space(node: &mut [u8]) {
+    let n = u32_at(node, 0x60) as usize;
+    let (start, end) = if is_leaf(node) {
+        let data_start =
+            (0..n).map(|i| HEADER + u32_at(node, HEADER + i * ITEM + 17) as usize).min().unwrap_or(node.len());
+        (HEADER + n * ITEM, data_start.min(node.len()))
+    } else {
+        (HEADER + n * 33, node.len())
+    };
+    if start < end {
+        node[start..end].fill(0);
+    }
+}
+
 /// What the first pass learns from the tree blocks.
 #[derive(Default)]
 struct Found {
@@ -184,10 +203,10 @@ fn learn(node: &[u8], found: &mut Found) {
             INODE_ITEM if data.len() >= 160 => {
                 found.generations.insert((owner, objectid), u64_at(node, data.start));
             }
-            ROOT_ITEM if owner == ROOT_TREE && objectid == FS_TREE && u64_at(node, item + 9) == 0 => {
-                if data.len() >= 439 {
-                    found.subvol_uuid = Some(uuid_at(node, data.start + 247));
-                }
+            ROOT_ITEM
+                if owner == ROOT_TREE && objectid == FS_TREE && u64_at(node, item + 9) == 0 && data.len() >= 439 =>
+            {
+                found.subvol_uuid = Some(uuid_at(node, data.start + 247));
             }
             _ => {}
         }
@@ -353,6 +372,7 @@ pub(super) fn fix(img: &Path, fixes: &Fixes) -> Result<()> {
         if is_leaf(&node) {
             fix_leaf(&mut node, fixes, &found, found.subvol_uuid);
         }
+        zero_free_space(&mut node);
         let c = csum(&node);
         node[..4].copy_from_slice(&c);
         f.write_all_at(&node, at)?;
@@ -424,11 +444,7 @@ mod tests {
         let mut inodes = HashMap::new();
         inodes.insert(
             256,
-            InodeFix {
-                mtime: Timestamp { secs: -5, nsecs: 9 },
-                rdev: None,
-                perm: Some((0o1750, 1000, 100)),
-            },
+            InodeFix { mtime: Timestamp { secs: -5, nsecs: 9 }, rdev: None, perm: Some((0o1750, 1000, 100)) },
         );
         inodes.insert(301, InodeFix { mtime: Timestamp::from_secs(20), rdev: Some((7, 200)), perm: None });
         let fixes = Fixes {
@@ -460,12 +476,31 @@ mod tests {
     }
 
     #[test]
+    fn free_space_is_zeroed_and_items_kept() {
+        let entries = [((256, INODE_ITEM, 0), inode(3, 0o40755)), ((256, DIR_INDEX, 2), dir_item(300, b"a"))];
+        let mut node = leaf(FS_TREE, &entries);
+        let data_start = items(&node).iter().map(|i| i.3.start).min().unwrap();
+        let headers_end = HEADER + 2 * ITEM;
+        node[headers_end..data_start].fill(0xa5);
+        let before = node.clone();
+        zero_free_space(&mut node);
+        assert!(node[headers_end..data_start].iter().all(|&b| b == 0));
+        assert_eq!(node[..headers_end], before[..headers_end]);
+        assert_eq!(node[data_start..], before[data_start..]);
+        // A node: everything after its key pointers.
+        let mut inner = vec![0xa5u8; 4096];
+        inner[0x60..0x64].copy_from_slice(&2u32.to_le_bytes());
+        inner[0x64] = 1;
+        zero_free_space(&mut inner);
+        assert!(inner[HEADER + 66..].iter().all(|&b| b == 0));
+        assert!(inner[HEADER..HEADER + 66].iter().all(|&b| b == 0xa5));
+    }
+
+    #[test]
     fn uuid_tree_key_follows_the_subvolume_uuid() {
         let old: [u8; 16] = *b"0123456789abcdef";
-        let mut node = leaf(
-            UUID_TREE,
-            &[((u64_at(&old, 0), UUID_KEY_SUBVOL, u64_at(&old, 8)), FS_TREE.to_le_bytes().to_vec())],
-        );
+        let mut node =
+            leaf(UUID_TREE, &[((u64_at(&old, 0), UUID_KEY_SUBVOL, u64_at(&old, 8)), FS_TREE.to_le_bytes().to_vec())]);
         let inodes = HashMap::new();
         let new = *b"ABCDEFGHIJKLMNOP";
         let fixes = Fixes {

@@ -312,7 +312,9 @@ pub(crate) fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<
                     let (b, n) = btrfs(tree, &staged, &img, &s, opts)?;
                     notes.extend(n);
                     if !tree.get(mdi_tree::ROOT).meta.xattrs.is_empty() {
-                        notes.push("mkfs.btrfs (btrfs-progs 6.2) does not copy the root folder's extended attributes".into());
+                        notes.push(
+                            "mkfs.btrfs (btrfs-progs 6.2) does not copy the root folder's extended attributes".into(),
+                        );
                     }
                     (
                         b,
