@@ -386,7 +386,9 @@ mod tests {
 
     /// A leaf with the given items (key, data), packed as btrfs packs them: headers from
     /// the front, data from the end.
-    fn leaf(owner: u64, items: &[((u64, u8, u64), Vec<u8>)]) -> Vec<u8> {
+    type Key = (u64, u8, u64);
+
+    fn leaf(owner: u64, items: &[(Key, Vec<u8>)]) -> Vec<u8> {
         let mut node = vec![0u8; 4096];
         node[0x58..0x60].copy_from_slice(&owner.to_le_bytes());
         node[0x60..0x64].copy_from_slice(&(items.len() as u32).to_le_bytes());
