@@ -484,7 +484,7 @@ fn btrfs(tree: &Tree, staged: &Staged, img: &Path, s: &Stats, opts: &Options) ->
         let f = std::fs::File::create(img).with_context(|| format!("creating '{}'", img.display()))?;
         f.set_len(size)?;
         drop(f);
-        // A random UUID here, ours afterwards (see btrfs_fsid).
+        // Random UUIDs here, ours afterwards (see btrfs_fixup).
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "-q".as_ref(),
             "-f".as_ref(),
@@ -550,6 +550,10 @@ fn btrfs(tree: &Tree, staged: &Staged, img: &Path, s: &Stats, opts: &Options) ->
 /// not a kernel version's), and [`stage`] creates everything in the tree's walk order.
 /// Renumbering in our post-pass instead would not be enough: data extents would still be
 /// laid out in the staging filesystem's `readdir` order.
+///
+/// The mount is in the host's mount namespace (the staging runs on rayon's threads and
+/// mkfs under fakeroot, which all have to see it); a build killed by SIGKILL leaves it
+/// mounted on the temporary folder.
 struct FreshBtrfs {
     dir: PathBuf,
 }
