@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,7 +20,7 @@ struct FsType {
     leeway: Leeway,
     /// Keeps `user.*` extended attributes.
     xattrs: bool,
-    /// Identical inputs give identical bytes (btrfs-progs 6.2 cannot: see external_fs).
+    /// Identical inputs give identical bytes (btrfs only as root: see external_fs).
     reproducible: bool,
     /// Has a label and UUID (squashfs has neither).
     identity: bool,
@@ -31,9 +31,9 @@ const TYPES: [FsType; 4] = [
         name: "btrfs",
         mkfs: "mkfs.btrfs",
         package: "btrfs-progs",
-        leeway: Leeway { any_allocation: true, whole_seconds: true, links_as_copies: false },
+        leeway: Leeway { any_allocation: true, whole_seconds: false, links_as_copies: false },
         xattrs: true,
-        reproducible: false,
+        reproducible: true,
         identity: true,
     },
     FsType {
@@ -140,6 +140,32 @@ fn edge_tree(root: &Path, t: &FsType) {
     set_mtime(&root.join("plain.txt"), SDE + 1000, 0);
     set_mtime(&root.join("a/b/c/deep.bin"), 1_000_000, 123_456_789);
     fs::set_permissions(root.join("read-only-dir"), fs::Permissions::from_mode(0o555)).unwrap();
+    // The root folder's own mode, owner and time (last: its entries changed its mtime).
+    sh("chown 1000:100 .", root);
+    fs::set_permissions(root, fs::Permissions::from_mode(0o750)).unwrap();
+    set_mtime(root, ROOT_MTIME.0, ROOT_MTIME.1);
+}
+
+/// Modification time of the edge tree's root folder.
+const ROOT_MTIME: (i64, u32) = (SDE - 5000, 987_654_321);
+
+/// A copy of `src` made by tar from a list of its entries in reverse name order
+/// (children before their folders), so every inode is created in another order than in
+/// `src`; the root folder gets the mode, owner and times of `src`'s.
+fn reverse_copy(src: &Path, dst: &Path) {
+    fs::create_dir(dst).unwrap();
+    let list = dst.with_extension("list");
+    sh(&format!("find . -mindepth 1 | LC_ALL=C sort -r > {}", list.display()), src);
+    sh(
+        &format!(
+            "tar -C {} -H posix --xattrs --xattrs-include='*' --no-recursion -T {} -cf - | tar --xattrs --xattrs-include='*' -xpf - && chown --reference={0} . && chmod --reference={0} . && touch -r {0} .",
+            src.display(),
+            list.display()
+        ),
+        dst,
+    );
+    let exact = Leeway { any_allocation: true, whole_seconds: false, links_as_copies: false };
+    compare_trees_with(src, dst, &[], &Expect { sde: i64::MAX, owner: None }, exact);
 }
 
 /// The root partition attached read-only as a loop device and mounted; undone on drop.
@@ -242,6 +268,14 @@ fn edge_case_tree(name: &str) {
             assert_eq!(blkid(&m.dev, "UUID"), r["uuid"].as_str().unwrap());
         }
         compare_trees_with(&src, m.path(), &[], &Expect { sde: SDE, owner: None }, t.leeway);
+        if name == "btrfs" {
+            // The root folder as the kernel sees it.
+            let md = fs::metadata(m.path()).unwrap();
+            assert_eq!(md.mode() & 0o7777, 0o750, "root folder mode");
+            assert_eq!((md.uid(), md.gid()), (1000, 100), "root folder owner");
+            assert_eq!((md.mtime(), md.mtime_nsec() as u32), ROOT_MTIME, "root folder mtime");
+            assert_eq!((md.atime(), md.ctime()), (SDE, SDE), "root folder atime, ctime");
+        }
         if t.xattrs {
             assert_eq!(
                 tool_in(m.path(), "getfattr", &["-d", "-h", "plain.txt", "a/b/c/deep.bin"]),
@@ -266,6 +300,9 @@ fn edge_case_tree(name: &str) {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
+        if name == "btrfs" {
+            btrfs_dump_checks(&part, r["uuid"].as_str().unwrap());
+        }
     }
     // The staging folder is gone.
     let left: Vec<_> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -275,16 +312,20 @@ fn edge_case_tree(name: &str) {
         eprintln!("NOTE {name}: not byte-reproducible with this tool version (see external_fs); not compared");
         return;
     }
-    // Again, from a copy of the source elsewhere, with another TZ and umask and the
-    // output on another filesystem (/dev/shm is tmpfs): the same bytes.
+    // Again, from a copy of the source elsewhere whose inodes were made in reverse order,
+    // with another TZ and umask and the output (and staging) on another filesystem
+    // (/dev/shm is tmpfs): the same bytes.
     let shm = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
     let src2 = shm.path().join("copy-of-source");
-    sh(&format!("cp -a {} {}", src.display(), src2.display()), tmp.path());
+    reverse_copy(&src, &src2);
     let out2 = shm.path().join("out2");
+    // Under another wall clock too, where faketime is installed (its clock reaches the
+    // mkfs tools, which take times from it).
+    let clock = if tool_exists("faketime") { "env NO_FAKE_STAT=1 faketime '2038-01-19 03:14:00' " } else { "" };
     let o = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "umask 077; exec {} build --root-dir {} --fs-type {name} --partition-table-type legacy --source-date-epoch 1700000000 --additional-space 16M --label edge -o {}",
+            "umask 077; exec {clock}{} build --root-dir {} --fs-type {name} --partition-table-type legacy --source-date-epoch 1700000000 --additional-space 16M --label edge -o {}",
             bin(),
             src2.display(),
             out2.display()
@@ -295,6 +336,91 @@ fn edge_case_tree(name: &str) {
         .unwrap();
     assert!(o.status.success(), "second build: {}", String::from_utf8_lossy(&o.stderr));
     assert!(fs::read(&img).unwrap() == fs::read(out2.join("nixos.img")).unwrap(), "{name}: the two images differ");
+}
+
+/// What `btrfs inspect-internal` shows of a btrfs partition: no time from the clock, inode
+/// times as the spec says, directory items' transid set, the identifiers consistent.
+fn btrfs_dump_checks(part: &Path, fsid: &str) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!(now > SDE + 86_400, "the clock is before SOURCE_DATE_EPOCH: the time checks below would prove nothing");
+    let run = |args: &[&str]| {
+        let o = Command::new("btrfs").args(args).arg(part).output().unwrap();
+        assert!(o.status.success(), "btrfs {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let sup = run(&["inspect-internal", "dump-super"]);
+    let field = |name: &str| {
+        sup.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_else(|| panic!("{name}"))
+    };
+    assert!(field("fsid").starts_with(fsid), "fsid");
+    let dev_uuid = field("dev_item.uuid");
+    assert!(dev_uuid != fsid && !dev_uuid.starts_with("00000000-"), "device UUID {dev_uuid}");
+    let dump = run(&["inspect-internal", "dump-tree"]);
+    let lines: Vec<&str> = dump.lines().map(str::trim).collect();
+    let num = |s: &str| -> i64 { s.split('.').next().unwrap().parse().unwrap() };
+    let after = |l: &str, word: &str| -> String {
+        l.split_whitespace().skip_while(|w| *w != word).nth(1).unwrap_or_else(|| panic!("{word} in '{l}'")).to_string()
+    };
+    // Generation of every inode of the FS tree (printed first), for directory items.
+    let fs_tree = lines.iter().position(|l| l.starts_with("fs tree key")).unwrap();
+    let mut generations = std::collections::HashMap::new();
+    let mut item = ("", "", "");
+    let (mut times, mut entries, mut subvol_uuid, mut uuid_key) = (0, 0, None, None);
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(rest) = l.strip_prefix("item ") {
+            let key = rest.split_once("key (").unwrap().1.split_once(')').unwrap().0;
+            let mut k = key.split(' ');
+            item = (k.next().unwrap(), k.next().unwrap(), k.next().unwrap());
+            if item.1 == "UUID_KEY_SUBVOL" {
+                uuid_key = Some((item.0.to_string(), item.2.to_string()));
+            }
+            continue;
+        }
+        if item.1 == "INODE_ITEM" && l.starts_with("generation ") && i > fs_tree {
+            generations.entry(item.0.to_string()).or_insert(after(l, "generation"));
+        }
+        for t in ["atime", "ctime", "mtime", "otime", "stime", "rtime"] {
+            if let Some(v) = l.strip_prefix(t).and_then(|v| v.split_whitespace().next()) {
+                let secs = num(v);
+                times += 1;
+                assert!(secs <= SDE, "{item:?}: {t} {v} is after SOURCE_DATE_EPOCH (from the clock)");
+                let spec_time = item.1 == "INODE_ITEM" && t != "mtime"
+                    || item == ("FS_TREE", "ROOT_ITEM", "0") && (t == "ctime" || t == "otime");
+                if spec_time {
+                    assert_eq!(v, format!("{SDE}.0"), "{item:?}: {t}");
+                }
+            }
+        }
+        if item == ("FS_TREE", "ROOT_ITEM", "0") && l.starts_with("uuid ") {
+            subvol_uuid = Some(after(l, "uuid"));
+        }
+    }
+    // Directory entries: transid = generation of the inode named.
+    for w in lines.windows(2) {
+        if let (Some(loc), true) = (w[0].strip_prefix("location key ("), w[1].starts_with("transid ")) {
+            let target = loc.split(' ').next().unwrap();
+            if loc.contains("INODE_ITEM") {
+                if let Some(g) = generations.get(target) {
+                    assert_eq!(&after(w[1], "transid"), g, "transid of the entry for inode {target}");
+                    entries += 1;
+                }
+            }
+        }
+    }
+    assert!(times > 50 && entries > 20, "{times} times, {entries} entries checked");
+    // The UUID tree's key is the FS tree's subvolume UUID, halves read little-endian.
+    let u = subvol_uuid.expect("FS tree ROOT_ITEM uuid").replace('-', "");
+    assert!(u.chars().any(|c| c != '0'), "subvolume UUID");
+    let half = |h: &str| {
+        let b: Vec<String> = (0..8).rev().map(|i| h[2 * i..2 * i + 2].to_string()).collect();
+        format!("0x{}", b.concat())
+    };
+    assert_eq!(uuid_key, Some((half(&u[..16]), half(&u[16..]))), "UUID tree key");
+    // Every device UUID the chunk tree and superblock carry is the superblock's.
+    assert!(dump.contains(&format!("dev_uuid {dev_uuid}")), "chunk stripes name the device");
+    for l in dump.lines().chain(sup.lines()).filter(|l| l.trim().starts_with("dev_uuid ")) {
+        assert_eq!(l.trim(), format!("dev_uuid {dev_uuid}"));
+    }
 }
 
 #[test]
@@ -315,6 +441,54 @@ fn erofs_edge_case_tree() {
 #[test]
 fn squashfs_edge_case_tree() {
     edge_case_tree("squashfs");
+}
+
+/// Without root there is no loop mount for a fresh staging filesystem: btrfs is staged on
+/// the output folder's filesystem, the manifest says the result is not reproducible and
+/// why, and all the rest holds as with root.
+#[test]
+fn btrfs_without_root_is_not_reproducible_but_right() {
+    let t = fs_type("btrfs");
+    if skip_without_tools(t) || skip_unless_root("btrfs without root (setpriv drops root; loop mount)") {
+        return;
+    }
+    if !tool_exists("setpriv") {
+        eprintln!("SKIP btrfs without root: setpriv is not installed (apt-get install util-linux)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for d in ["one", "two/three", "four"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        for f in 0..8 {
+            fs::write(src.join(d).join(format!("f{f}")), vec![b'x'; f * 3000]).unwrap();
+        }
+    }
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o751)).unwrap();
+    set_mtime(&src, ROOT_MTIME.0, ROOT_MTIME.1);
+    sh("chown -R 65534:65534 .", tmp.path());
+    let out = tmp.path().join("out");
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", bin(), "build", "--root-dir"])
+        .arg(&src)
+        .args(["--fs-type", "btrfs", "--partition-table-type", "none", "--source-date-epoch", &SDE.to_string(), "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "build as nobody: {}", String::from_utf8_lossy(&o.stderr));
+    let r = root_fs(&out);
+    assert_eq!(r["reproducible"], false);
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("not byte-reproducible") && notes.contains("needs root"), "{notes}");
+    let img = out.join("nixos.img");
+    let c = Command::new("btrfs").args(["check", "--readonly"]).arg(&img).output().unwrap();
+    assert!(c.status.success(), "btrfs check: {}", String::from_utf8_lossy(&c.stdout));
+    btrfs_dump_checks(&img, r["uuid"].as_str().unwrap());
+    let m = PartMount::new(&img, 0, r["size"].as_u64().unwrap(), "btrfs");
+    let md = fs::metadata(m.path()).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o751, 65534, 65534), "root folder mode, owner");
+    assert_eq!((md.mtime(), md.mtime_nsec() as u32), ROOT_MTIME, "root folder mtime");
+    compare_trees_with(&src, m.path(), &[], &Expect { sde: SDE, owner: None }, t.leeway);
 }
 
 /// The tiny Nix corpus as a full image (store, Nix database, profiles) where the tool can

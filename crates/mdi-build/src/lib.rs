@@ -359,6 +359,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             fs_type: &spec.fs_type,
             size,
             uuid: fs_uuid,
+            seed,
             label: &label,
             time: sde,
             work_dir: &out_dir,

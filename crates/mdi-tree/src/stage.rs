@@ -107,9 +107,10 @@ fn attr_quote(b: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Copies `size` bytes of a source into a new file, leaving all-zero 4 KiB blocks as holes.
+/// Copies `size` bytes of a source into the (empty) file `dst`, leaving all-zero 4 KiB
+/// blocks as holes.
 fn copy_file(data: &FileData, size: u64, dst: &Path, opts: &StageOptions) -> Result<(), TreeError> {
-    let out = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst).map_err(io(dst))?;
+    let out = fs::OpenOptions::new().write(true).open(dst).map_err(io(dst))?;
     const BLOCK: usize = 4096;
     let write_nonzero = |buf: &[u8], at: u64| -> Result<(), TreeError> {
         let mut i = 0;
@@ -178,8 +179,8 @@ pub fn stage(tree: &Tree, dir: &Path, opts: &StageOptions) -> Result<Staged, Tre
     let abs = |rel: &[u8]| root.join(OsStr::from_bytes(rel));
     let paths = relative_paths(tree);
 
-    // Folders first (parents before children: walk order), then the first name of every
-    // inode, then the other names of hard-linked inodes.
+    // Everything in walk order (parents before children), hard-linked inodes at their
+    // first name; their other names after.
     let mut first_of: HashMap<(u64, u64), usize> = HashMap::new();
     let mut files: Vec<(&FileData, u64, PathBuf)> = Vec::new();
     let mut later_links: Vec<(usize, usize)> = Vec::new();
@@ -197,7 +198,12 @@ pub fn stage(tree: &Tree, dir: &Path, opts: &StageOptions) -> Result<Staged, Tre
         match &e.kind {
             Kind::Dir { .. } if *id == ROOT => {}
             Kind::Dir { .. } => fs::DirBuilder::new().mode(0o700).create(&p).map_err(io(&p))?,
-            Kind::File { data, size } => files.push((data, *size, p)),
+            // Created here, in walk order, and filled in parallel below: on a fresh
+            // filesystem the inode numbers and directory order then follow the tree.
+            Kind::File { data, size } => {
+                fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).map_err(io(&p))?;
+                files.push((data, *size, p));
+            }
             Kind::Symlink { target } => std::os::unix::fs::symlink(OsStr::from_bytes(target), &p).map_err(io(&p))?,
             Kind::Fifo | Kind::Socket => {
                 let ft = if e.kind == Kind::Fifo { rustix::fs::FileType::Fifo } else { rustix::fs::FileType::Socket };

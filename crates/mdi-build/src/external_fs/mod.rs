@@ -11,18 +11,20 @@
 //!   from the tree, entries sorted by the tool, and (erofs) the UUID given.
 //! - xfs is reproducible once `xfs_db` has set every inode's times (mkfs.xfs stamps the
 //!   build time into each inode and has no option against it).
-//! - btrfs is not reproducible, and nothing outside btrfs-progs can make it so: `mkfs.btrfs
-//!   --rootdir` numbers inodes after the staging folder's inode numbers, leaves a field of
-//!   every directory item uninitialized (its `transid`), and draws the chunk tree, device
-//!   and subvolume UUIDs at random with no option to set them. Its root folder also gets
-//!   the build time and mode 0755 whatever the tree says, and times lose their nanoseconds.
+//! - btrfs is reproducible when run as root, and only then: `mkfs.btrfs --rootdir` numbers
+//!   inodes after the staging folder's inode numbers and lays out folders and data in the
+//!   order `readdir` lists them, which only a fresh btrfs staging filesystem (a loop mount)
+//!   makes a function of the tree ([`FreshBtrfs`]). It also draws the chunk tree, device
+//!   and subvolume UUIDs at random, takes times from the clock, gives the root folder mode
+//!   0755, leaves a field of every directory item uninitialized and keeps no nanoseconds;
+//!   `btrfs_fixup` rewrites all of that afterwards.
 
-mod btrfs_fsid;
+mod btrfs_fixup;
 mod erofs;
 mod xfs;
 
 use anyhow::{anyhow, bail, Context, Result};
-use mdi_ident::Uuid;
+use mdi_ident::{Seed, Uuid};
 use mdi_sink::Sink;
 use mdi_tree::stage::{stage, StageOptions, Staged};
 use mdi_tree::{Kind, Timestamp, Tree};
@@ -51,6 +53,8 @@ pub(crate) struct Options<'a> {
     pub fs_type: &'a str,
     pub size: Size,
     pub uuid: Uuid,
+    /// Where other identifiers come from (btrfs' device, chunk tree and subvolume UUIDs).
+    pub seed: Seed,
     pub label: &'a str,
     /// SOURCE_DATE_EPOCH.
     pub time: i64,
@@ -257,6 +261,8 @@ pub(crate) fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<
     let img = tmp.path().join("fs.img");
     let s = stats(tree);
     let mut notes = Vec::new();
+    // Declared after `tmp`, so unmounted before it is removed.
+    let mut staging_fs: Option<FreshBtrfs> = None;
     let (fs_bytes, tool, uuid, label, reproducible) = match opts.fs_type {
         "xfs" => {
             let r = xfs::make(tree, tmp.path(), &img, &s, opts)?;
@@ -269,9 +275,21 @@ pub(crate) fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<
             (r, version("mkfs.xfs", "-V"), Some(opts.uuid.to_string()), Some(opts.label.to_string()), true)
         }
         other => {
+            let mut stage_dir = tmp.path().to_path_buf();
+            if other == "btrfs" {
+                match FreshBtrfs::mount(tmp.path(), &s) {
+                    Ok(m) => {
+                        stage_dir = m.dir.clone();
+                        staging_fs = Some(m);
+                    }
+                    Err(e) => notes.push(format!(
+                        "the btrfs filesystem is not byte-reproducible: mkfs.btrfs copies the inode numbers and folder order of the staging folder, which are the host's unless it is a fresh btrfs, and that could not be mounted ({e:#})"
+                    )),
+                }
+            }
             let staged = stage(
                 tree,
-                tmp.path(),
+                &stage_dir,
                 &StageOptions { atime: Timestamp::from_secs(opts.time), cancel: opts.cancel, progress: opts.progress },
             )
             .map_err(|e| match e {
@@ -293,12 +311,17 @@ pub(crate) fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<
                 "btrfs" => {
                     let (b, n) = btrfs(tree, &staged, &img, &s, opts)?;
                     notes.extend(n);
+                    if !tree.get(mdi_tree::ROOT).meta.xattrs.is_empty() {
+                        notes.push(
+                            "mkfs.btrfs (btrfs-progs 6.2) does not copy the root folder's extended attributes".into(),
+                        );
+                    }
                     (
                         b,
                         version("mkfs.btrfs", "--version"),
                         Some(opts.uuid.to_string()),
                         Some(opts.label.to_string()),
-                        false,
+                        staging_fs.is_some(),
                     )
                 }
                 other => bail!("fsType '{other}' is not supported; use ext4, btrfs, xfs, erofs, squashfs or vfat"),
@@ -318,6 +341,7 @@ pub(crate) fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<
     };
     copy_into(&img, sink, opts)?;
     trace("filesystem copied into the image");
+    drop(staging_fs);
     drop(tmp);
     trace("staging folder removed");
     Ok(Report { part_bytes, fs_bytes, uuid, label, tool, reproducible, notes })
@@ -460,7 +484,7 @@ fn btrfs(tree: &Tree, staged: &Staged, img: &Path, s: &Stats, opts: &Options) ->
         let f = std::fs::File::create(img).with_context(|| format!("creating '{}'", img.display()))?;
         f.set_len(size)?;
         drop(f);
-        // A random UUID here, ours afterwards (see btrfs_fsid).
+        // Random UUIDs here, ours afterwards (see btrfs_fixup).
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "-q".as_ref(),
             "-f".as_ref(),
@@ -487,17 +511,8 @@ fn btrfs(tree: &Tree, staged: &Staged, img: &Path, s: &Stats, opts: &Options) ->
         match run(fakeroot(staged, "mkfs.btrfs", &args).env("SOURCE_DATE_EPOCH", opts.time.to_string()), "mkfs.btrfs") {
             Ok(_) => {
                 let made = file_len(img)?;
-                // mkfs.btrfs numbers each inode as its staged file's inode number plus 256
-                // (BTRFS_FIRST_FREE_OBJECTID); fakeroot's device nodes are plain files.
-                let mut devices = HashMap::new();
-                for (id, rel) in mdi_tree::stage::relative_paths(tree) {
-                    if let Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } = tree.get(id).kind {
-                        let p = staged.root.join(std::ffi::OsStr::from_bytes(&rel));
-                        let md = std::fs::symlink_metadata(&p).with_context(|| format!("'{}'", p.display()))?;
-                        devices.insert(md.ino() + 256, (major, minor));
-                    }
-                }
-                btrfs_fsid::set_fsid(img, btrfs_fsid::read_fsid(img)?, opts.uuid.0, &devices)?;
+                let inodes = inodes_fixed(tree, staged)?;
+                btrfs_fixup::fix(img, &btrfs_fixes(opts, &inodes))?;
                 match fixed {
                     Some(have) if made > have && !shrink => shrink = true,
                     Some(have) if made > have => return Err(too_small("btrfs", made, have, opts)),
@@ -520,6 +535,92 @@ fn btrfs(tree: &Tree, staged: &Staged, img: &Path, s: &Stats, opts: &Options) ->
         cancelled(opts)?;
     }
     unreachable!("the loop returns")
+}
+
+/// A fresh btrfs filesystem in a sparse file of the temporary folder, loop-mounted (as
+/// root) on its `stage` folder for the tree to be staged in; unmounted on drop.
+///
+/// `mkfs.btrfs --rootdir` (6.2) numbers each inode after its staged file's inode number
+/// and, within each folder, gives entries their DIR_INDEX numbers, and files their data
+/// extents, in the order `readdir` lists the staged folder. On most filesystems both
+/// depend on the machine: inode numbers come from a shared allocator, and ext4 lists a
+/// folder in the order of a hash keyed by a per-filesystem random seed. On a fresh btrfs,
+/// both follow the staging: inode numbers count up from 257 in creation order, and
+/// `readdir` lists a folder in creation order (its DIR_INDEX order, an on-disk property,
+/// not a kernel version's), and [`stage`] creates everything in the tree's walk order.
+/// Renumbering in our post-pass instead would not be enough: data extents would still be
+/// laid out in the staging filesystem's `readdir` order.
+///
+/// The mount is in the host's mount namespace (the staging runs on rayon's threads and
+/// mkfs under fakeroot, which all have to see it); a build killed by SIGKILL leaves it
+/// mounted on the temporary folder.
+struct FreshBtrfs {
+    dir: PathBuf,
+}
+
+impl FreshBtrfs {
+    fn mount(tmp: &Path, s: &Stats) -> Result<FreshBtrfs> {
+        if !rustix::process::geteuid().is_root() {
+            bail!("mounting it needs root");
+        }
+        let img = tmp.join("stage.img");
+        // Sparse: room for the files, their metadata (small files are inline) and slack.
+        let bytes = 2 * s.file_bytes + s.entries * 16 * 1024 + 1024 * MIB;
+        let f = std::fs::File::create(&img).with_context(|| format!("creating '{}'", img.display()))?;
+        f.set_len(bytes)?;
+        drop(f);
+        run(Command::new("mkfs.btrfs").args(["-q", "-f", "-m", "single", "-d", "single"]).arg(&img), "mkfs.btrfs")?;
+        let dir = tmp.join("stage");
+        std::fs::create_dir(&dir).with_context(|| format!("creating '{}'", dir.display()))?;
+        run(Command::new("mount").args(["-t", "btrfs", "-o", "loop,noatime"]).arg(&img).arg(&dir), "mount")?;
+        Ok(FreshBtrfs { dir })
+    }
+}
+
+impl Drop for FreshBtrfs {
+    fn drop(&mut self) {
+        // The loop device goes with the mount (mount -o loop sets autoclear).
+        if run(Command::new("umount").arg(&self.dir), "umount").is_err() {
+            let _ = run(Command::new("umount").arg("-l").arg(&self.dir), "umount -l");
+        }
+    }
+}
+
+/// What mkfs.btrfs did not take from the staged tree, by inode number: it numbers each
+/// inode as its staged file's inode number plus 256 (BTRFS_FIRST_FREE_OBJECTID) and the
+/// root folder 256.
+fn inodes_fixed(tree: &Tree, staged: &Staged) -> Result<HashMap<u64, btrfs_fixup::InodeFix>> {
+    let mut inodes = HashMap::new();
+    for (id, rel) in mdi_tree::stage::relative_paths(tree) {
+        let e = tree.get(id);
+        let mut fix = btrfs_fixup::InodeFix { mtime: e.meta.mtime, ..Default::default() };
+        let ino = if id == mdi_tree::ROOT {
+            fix.perm = Some((e.meta.perm, e.meta.uid, e.meta.gid));
+            btrfs_fixup::ROOT_DIR
+        } else {
+            let p = staged.root.join(std::ffi::OsStr::from_bytes(&rel));
+            std::fs::symlink_metadata(&p).with_context(|| format!("'{}'", p.display()))?.ino() + 256
+        };
+        if let Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } = e.kind {
+            fix.rdev = Some((major, minor));
+        }
+        inodes.insert(ino, fix);
+    }
+    Ok(inodes)
+}
+
+/// The identifiers (from the spec's seed) and times the filesystem is to have.
+fn btrfs_fixes<'a>(opts: &Options, inodes: &'a HashMap<u64, btrfs_fixup::InodeFix>) -> btrfs_fixup::Fixes<'a> {
+    btrfs_fixup::Fixes {
+        ids: btrfs_fixup::Identity {
+            fsid: opts.uuid.0,
+            dev_uuid: opts.seed.uuid(b"btrfs-dev-uuid").0,
+            chunk_tree_uuid: opts.seed.uuid(b"btrfs-chunk-tree-uuid").0,
+            subvol_uuid: opts.seed.uuid(b"btrfs-subvol-uuid").0,
+        },
+        time: opts.time,
+        inodes,
+    }
 }
 
 fn vfat(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report> {
