@@ -62,4 +62,5 @@ for comp in deflate zstd; do
   o=$(grep . "$SCRATCH/o.t" | median); n=$(grep . "$SCRATCH/n.t" | median)
   printf '%-8s make-disk-image %6.2f s %6d MiB | raw + qemu-img convert -c %6.2f s %6d MiB | time %.2fx, size %.3fx (targets: <= 0.5x, <= 1x)\n' \
     "$comp" "$o" $((osize >> 20)) "$n" $((nsize >> 20)) "$(awk -v a="$o" -v b="$n" 'BEGIN{print a/b}')" "$(awk -v a="$osize" -v b="$nsize" 'BEGIN{print a/b}')"
+  printf '%-8s exact sizes: make-disk-image %d bytes, qemu-img %d bytes (%+d)\n' "$comp" "$osize" "$nsize" $((osize - nsize))
 done
