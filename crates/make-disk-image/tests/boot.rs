@@ -27,24 +27,7 @@ static QEMU: Mutex<()> = Mutex::new(());
 /// cannot be built.
 fn system() -> Option<&'static Path> {
     static SYS: OnceLock<Option<PathBuf>> = OnceLock::new();
-    SYS.get_or_init(|| {
-        if !is_root() {
-            eprintln!("SKIP boot tests: need root (the Nix chroot store's sandbox); CI runs as root");
-            return None;
-        }
-        for t in ["nix-build", "qemu-system-x86_64", "grub-mkimage", "jq", "cpio"] {
-            if !tool_exists(t) {
-                eprintln!("SKIP boot tests: {t} is missing (scripts/test.sh installs it)");
-                return None;
-            }
-        }
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-system");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/boot/make-boot-system.sh");
-        let o = Command::new(&script).arg(&out).output().expect("run make-boot-system.sh");
-        assert!(o.status.success(), "make-boot-system.sh failed:\n{}", String::from_utf8_lossy(&o.stderr));
-        Some(out)
-    })
-    .as_deref()
+    SYS.get_or_init(|| boot_system("boot-system", &["qemu-system-x86_64", "grub-mkimage"], "boot tests")).as_deref()
 }
 
 /// Builds an image of the stand-in system; returns the output folder and the marker text.

@@ -102,24 +102,13 @@ fn copy_ordered(src: &Path, dst: &Path, reverse: bool) {
 fn inputs() -> Option<&'static Inputs> {
     static IN: OnceLock<Option<Inputs>> = OnceLock::new();
     IN.get_or_init(|| {
-        if !is_root() {
-            eprintln!(
-                "SKIP reproducibility matrix: needs root (Nix chroot store, running as another user); CI runs as root"
-            );
-            return None;
-        }
-        for t in ["nix-build", "grub-mkimage", "faketime", "setpriv", "jq", "cpio"] {
-            if !tool_exists(t) {
-                eprintln!("SKIP reproducibility matrix: {t} is missing (scripts/test.sh installs it)");
-                return None;
-            }
-        }
-        let sys = Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro-system");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/boot/make-boot-system.sh");
-        let o = Command::new(&script).arg(&sys).output().expect("run make-boot-system.sh");
-        assert!(o.status.success(), "make-boot-system.sh failed:\n{}", String::from_utf8_lossy(&o.stderr));
-        // Under /tmp: every parent folder is searchable by an unprivileged user.
-        let work = tempfile::Builder::new().prefix("mdi-repro-").tempdir_in("/tmp").unwrap().keep();
+        let sys = boot_system("repro-system", &["grub-mkimage", "faketime", "setpriv"], "reproducibility matrix")?;
+        // Under /tmp: every parent folder is searchable by an unprivileged user (the
+        // checkout may be below a private home). A fixed name, emptied first, so runs do
+        // not pile up.
+        let work = PathBuf::from("/tmp/mdi-reproducible-test");
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir(&work).unwrap();
         fs::set_permissions(&work, fs::Permissions::from_mode(0o777)).unwrap();
         let (forward, reverse) = (work.join("store-a"), work.join("inputs-b/store"));
         fs::create_dir(work.join("inputs-b")).unwrap();

@@ -263,26 +263,28 @@ fn install_grub(
     let tmp = tempfile::tempdir().context("temporary folder for grub-mkimage")?;
     let early_cfg = tmp.path().join("early.cfg");
     std::fs::write(&early_cfg, early)?;
+    // What both platforms' images embed: partition tables, the /boot filesystem, finding it
+    // by UUID, the menu, and booting Linux (with a gzip initrd).
+    let common_modules = [
+        "part_msdos",
+        "part_gpt",
+        boot_fs_module,
+        "search",
+        "search_fs_uuid",
+        "normal",
+        "linux",
+        "echo",
+        "test",
+        "configfile",
+        "gzio",
+    ];
     // partitionTableType none: no place for boot code, so only grub.cfg, as NixOS' GRUB
     // module does for `devices = [ "nodev" ]` (a VM booting the kernel directly, or a
     // disk another loader chains into).
     let mut bios = None;
     if matches!(ptt, "legacy" | "legacy+boot" | "legacy+gpt" | "hybrid") {
         let dir = grub.join("i386-pc");
-        let modules = [
-            "biosdisk",
-            "part_msdos",
-            "part_gpt",
-            boot_fs_module,
-            "search",
-            "search_fs_uuid",
-            "normal",
-            "linux",
-            "echo",
-            "test",
-            "configfile",
-            "gzio",
-        ];
+        let modules: Vec<&str> = ["biosdisk"].iter().chain(&common_modules).copied().collect();
         let core = mkimage_run(&mkimage, &dir, "i386-pc", &early_cfg, &grub_dir, &modules, tmp.path())?;
         let boot_img_path = dir.join("boot.img");
         let boot_img = std::fs::read(&boot_img_path).with_context(|| {
@@ -317,21 +319,7 @@ fn install_grub(
     if matches!(ptt, "efi" | "efixbootldr" | "hybrid") {
         let (esp, _) = fat_mount(plan, "ESP").expect("EFI layouts have an ESP");
         let dir = grub.join("x86_64-efi");
-        let modules = [
-            "part_gpt",
-            "part_msdos",
-            boot_fs_module,
-            "search",
-            "search_fs_uuid",
-            "normal",
-            "linux",
-            "echo",
-            "test",
-            "configfile",
-            "gzio",
-            "efi_gop",
-            "all_video",
-        ];
+        let modules: Vec<&str> = common_modules.iter().chain(&["efi_gop", "all_video"]).copied().collect();
         let image = mkimage_run(&mkimage, &dir, "x86_64-efi", &early_cfg, &grub_dir, &modules, tmp.path())?;
         let bytes: Arc<[u8]> = image.into();
         let size = bytes.len() as u64;

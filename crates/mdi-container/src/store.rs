@@ -37,6 +37,10 @@ pub struct Store {
     fifo: VecDeque<u64>,
     /// Alignment of each compressed unit in the file (1: packed, as qcow2 allows).
     pub compressed_align: u64,
+    /// Space left before the last plain unit when it was aligned past packed compressed
+    /// data: later compressed units that fit go there (as QEMU's byte allocator keeps
+    /// filling its partly used cluster), instead of the space being lost.
+    hole: Option<(u64, u64)>,
 }
 
 /// Units kept in memory before a batch is compressed (compressed formats only).
@@ -62,6 +66,7 @@ impl Store {
             cache: HashMap::new(),
             fifo: VecDeque::new(),
             compressed_align: 1,
+            hole: None,
         }
     }
 
@@ -69,6 +74,9 @@ impl Store {
         // Plain units are unit-aligned relative to the data area (qcow2 needs cluster
         // alignment; compressed data before them may have left the cursor unaligned).
         let start = self.next.next_multiple_of(if self.compress.is_some() { self.unit } else { 1 });
+        if start > self.next && self.compressed_align == 1 {
+            self.hole = Some((self.next, start));
+        }
         if self.prefix > 0 {
             self.file.write_all_at(&vec![0xFF; self.prefix as usize], start)?;
         }
@@ -145,10 +153,20 @@ impl Store {
         for ((v, raw), z) in units.iter().zip(packed) {
             match z? {
                 Some(z) if (z.len() as u64) < self.unit || self.compressed_align > 1 => {
-                    self.next = self.next.next_multiple_of(self.compressed_align);
-                    self.file.write_all_at(&z, self.next)?;
-                    self.map.insert(*v, Loc::Compressed { off: self.next, len: z.len() as u64 });
-                    self.next += z.len() as u64;
+                    let len = z.len() as u64;
+                    let off = match self.hole {
+                        Some((start, end)) if end - start >= len => {
+                            self.hole = Some((start + len, end));
+                            start
+                        }
+                        _ => {
+                            self.next = self.next.next_multiple_of(self.compressed_align);
+                            self.next += len;
+                            self.next - len
+                        }
+                    };
+                    self.file.write_all_at(&z, off)?;
+                    self.map.insert(*v, Loc::Compressed { off, len });
                 }
                 _ => {
                     let p = self.alloc_plain()?;

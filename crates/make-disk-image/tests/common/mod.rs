@@ -363,3 +363,24 @@ fn build_corpus(preset: &str) -> Option<PathBuf> {
     assert!(o.status.success(), "make-store-corpus {preset} failed:\n{}", String::from_utf8_lossy(&o.stderr));
     Some(out)
 }
+
+/// The stand-in NixOS system that boots (tests/boot/make-boot-system.sh, built by real Nix)
+/// in `CARGO_TARGET_TMPDIR/<name>`, or None after saying why it cannot be built here.
+/// `tools` are the other programs the caller needs; `who` names the caller in SKIP lines.
+pub fn boot_system(name: &str, tools: &[&str], who: &str) -> Option<PathBuf> {
+    if !is_root() {
+        eprintln!("SKIP {who}: needs root (the Nix chroot store's sandbox); CI runs as root");
+        return None;
+    }
+    for t in ["nix-build", "jq", "cpio"].iter().chain(tools) {
+        if !tool_exists(t) {
+            eprintln!("SKIP {who}: {t} is missing (scripts/test.sh installs it)");
+            return None;
+        }
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/boot/make-boot-system.sh");
+    let o = Command::new(&script).arg(&out).output().expect("run make-boot-system.sh");
+    assert!(o.status.success(), "make-boot-system.sh failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    Some(out)
+}
