@@ -306,9 +306,44 @@ fn systemd_boot_files_on_the_esp() {
         entry.contains(&format!("options init={}/init console=ttyS0 panic=-1 loglevel=4\n", toplevel.trim())),
         "{entry}"
     );
+    // The specialisation gets its own entry with its own init and parameters, sharing
+    // the kernel file.
+    let alt = String::from_utf8(mtype(xbootldr, "/loader/entries/nixos-generation-1-specialisation-alt.conf")).unwrap();
+    assert!(alt.starts_with("title NixOS (alt)\n"), "{alt}");
+    assert!(
+        alt.contains("-nixos-system-boot-test-alt/init console=ttyS0 panic=-1 loglevel=4 mdi.specialisation=alt\n"),
+        "{alt}"
+    );
+    let linux = |e: &str| e.lines().find(|l| l.starts_with("linux ")).unwrap().to_string();
+    assert_eq!(linux(&alt), linux(&entry));
     let kernel_line = entry.lines().find(|l| l.starts_with("linux ")).unwrap();
     let kernel = mtype(xbootldr, kernel_line.trim_start_matches("linux "));
     assert_eq!(kernel.len() as u64, fs::metadata(sys.join("build/bzImage")).unwrap().len());
+}
+
+/// GRUB's menu: the default entry and one per specialisation (install-grub.pl's top level),
+/// read from the ESP of a hybrid image with mtools.
+#[test]
+fn grub_menu_has_the_specialisations() {
+    let Some(sys) = system() else { return };
+    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (out, _) =
+        build_image(sys, &t.path().join("grub-menu"), &["--partition-table-type", "hybrid", "--boot-loader", "grub"]);
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let esp = m["filesystems"].as_array().unwrap().iter().find(|f| f["label"] == "ESP").unwrap();
+    let img = format!("{}@@{}", out.join("nixos.img").display(), esp["offset"]);
+    let o = Command::new("mtype").args(["-i", &img, "::/grub/grub.cfg"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = String::from_utf8(o.stdout).unwrap();
+    let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap();
+    assert!(cfg.contains("menuentry \"NixOS - Default\""), "{cfg}");
+    assert!(cfg.contains(&format!("init={}/init console=ttyS0", toplevel.trim())), "{cfg}");
+    assert!(cfg.contains("menuentry \"NixOS - alt\""), "{cfg}");
+    assert!(
+        cfg.contains("-nixos-system-boot-test-alt/init console=ttyS0 panic=-1 loglevel=4 mdi.specialisation=alt"),
+        "{cfg}"
+    );
+    assert_eq!(cfg.matches("menuentry").count(), 2, "{cfg}");
 }
 
 #[test]

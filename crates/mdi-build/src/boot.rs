@@ -87,6 +87,14 @@ fn put(tree: &mut Tree, path: &str, data: FileData, size: u64, time: i64) -> Res
     Ok(tree.add(parent, &name, Meta::root(0o644, Timestamp::from_secs(time)), kind, None)?)
 }
 
+/// [`put_host`] unless the path is there already (a specialisation sharing the kernel).
+fn put_host_once(tree: &mut Tree, path: &str, host: &Path, what: &str, time: i64) -> Result<()> {
+    if tree.lookup(path.as_bytes()).is_some() {
+        return Ok(());
+    }
+    put_host(tree, path, host, what, time)
+}
+
 fn put_text(tree: &mut Tree, path: &str, text: String, time: i64) -> Result<()> {
     let bytes: Arc<[u8]> = text.into_bytes().into();
     let size = bytes.len() as u64;
@@ -151,22 +159,34 @@ pub fn install(
             let what = "systemdBoot (the systemd-boot EFI binary; Debian: systemd-boot-efi)";
             put_host(tree, &format!("{esp}/EFI/systemd/systemd-bootx64.efi"), &sd, what, time)?;
             put_host(tree, &format!("{esp}/EFI/BOOT/BOOTX64.EFI"), &sd, what, time)?;
-            let kernel = bootspec::efi_copy_name(&entry.kernel);
-            put_host(tree, &format!("{boot}/EFI/nixos/{kernel}"), &phys(&entry.kernel), "the bootspec's kernel", time)?;
-            let initrd = match &entry.initrd {
-                Some(i) => {
-                    let name = bootspec::efi_copy_name(i);
-                    put_host(tree, &format!("{boot}/EFI/nixos/{name}"), &phys(i), "the bootspec's initrd", time)?;
-                    Some(name)
-                }
-                None => None,
-            };
-            put_text(
-                tree,
-                &format!("{boot}/loader/entries/nixos-generation-1.conf"),
-                sd_entry(&entry, &kernel, initrd.as_deref(), time),
-                time,
-            )?;
+            // The system, then each specialisation (sorted by name), as NixOS' builder
+            // writes them: `nixos-generation-1[-specialisation-<name>].conf`.
+            let main = std::iter::once((None, &entry));
+            let specs = entry.specialisations.iter().map(|(n, e)| (Some(n.as_str()), e));
+            for (name, e) in main.chain(specs) {
+                let kernel = bootspec::efi_copy_name(&e.kernel);
+                let k = format!("{boot}/EFI/nixos/{kernel}");
+                put_host_once(tree, &k, &phys(&e.kernel), "the bootspec's kernel", time)?;
+                let initrd = match &e.initrd {
+                    Some(i) => {
+                        let file = bootspec::efi_copy_name(i);
+                        let at = format!("{boot}/EFI/nixos/{file}");
+                        put_host_once(tree, &at, &phys(i), "the bootspec's initrd", time)?;
+                        Some(file)
+                    }
+                    None => None,
+                };
+                let conf = match name {
+                    None => "nixos-generation-1.conf".to_string(),
+                    Some(n) => format!("nixos-generation-1-specialisation-{n}.conf"),
+                };
+                put_text(
+                    tree,
+                    &format!("{boot}/loader/entries/{conf}"),
+                    sd_entry(e, name, &kernel, initrd.as_deref(), time),
+                    time,
+                )?;
+            }
             put_text(tree, &format!("{esp}/loader/loader.conf"), sd_loader_conf(spec), time)?;
             Ok(Installed {
                 loader,
@@ -179,8 +199,11 @@ pub fn install(
 }
 
 /// `loader/entries/nixos-generation-1.conf` as NixOS' systemd-boot builder writes it.
-fn sd_entry(e: &BootEntry, kernel: &str, initrd: Option<&str>, time: i64) -> String {
-    let mut s = String::from("title NixOS\n");
+fn sd_entry(e: &BootEntry, specialisation: Option<&str>, kernel: &str, initrd: Option<&str>, time: i64) -> String {
+    let mut s = match specialisation {
+        None => String::from("title NixOS\n"),
+        Some(n) => format!("title NixOS ({n})\n"),
+    };
     s += &format!("sort-key {}\n", e.sort_key.as_deref().unwrap_or("nixos"));
     s += &format!("version Generation 1 {}, built on {}\n", e.label, date(time));
     s += &format!("linux /EFI/nixos/{kernel}\n");
@@ -215,32 +238,8 @@ fn install_grub(
     // GRUB searches for: a FAT partition mounted at /boot (install-grub.pl copies the
     // kernels there), or the root filesystem (kernels stay in the store).
     let boot_fat = plan.parts.iter().find(|p| matches!(p.role, Role::Fat { mount: "/boot", .. }));
-    let (uuid, grub_dir, kernel_path, initrd_path) = match boot_fat {
-        Some(p) => {
-            let k = format!("/kernels/{}", bootspec::grub_copy_name(&entry.kernel));
-            put_host(
-                tree,
-                &format!("/boot{k}"),
-                &spec.store_root.join(&entry.kernel[1..]),
-                "the bootspec's kernel",
-                time,
-            )?;
-            let i = match &entry.initrd {
-                Some(i) => {
-                    let rel = format!("/kernels/{}", bootspec::grub_copy_name(i));
-                    put_host(
-                        tree,
-                        &format!("/boot{rel}"),
-                        &spec.store_root.join(&i[1..]),
-                        "the bootspec's initrd",
-                        time,
-                    )?;
-                    Some(rel)
-                }
-                None => None,
-            };
-            (fat_uuid(p), "/grub".to_string(), k, i)
-        }
+    let (uuid, grub_dir) = match boot_fat {
+        Some(p) => (fat_uuid(p), "/grub"),
         None => {
             if !matches!(spec.fs_type.as_str(), "ext4" | "btrfs" | "xfs") {
                 bail!(
@@ -248,16 +247,35 @@ fn install_grub(
                     spec.fs_type
                 );
             }
-            (root_uuid.to_string(), "/boot/grub".to_string(), entry.kernel.clone(), entry.initrd.clone())
+            (root_uuid.to_string(), "/boot/grub")
         }
     };
+    // A store file as GRUB reads it from /boot's filesystem: copied to /boot/kernels when
+    // /boot is its own partition, else straight from the store.
+    let place = |tree: &mut Tree, file: &str, what: &str| -> Result<String> {
+        if boot_fat.is_none() {
+            return Ok(file.to_string());
+        }
+        let rel = format!("/kernels/{}", bootspec::grub_copy_name(file));
+        put_host_once(tree, &format!("/boot{rel}"), &spec.store_root.join(&file[1..]), what, time)?;
+        Ok(rel)
+    };
+    // The system, then each specialisation, as install-grub.pl lists them at the top level.
+    let mut menu = Vec::new();
+    let main = std::iter::once(("NixOS - Default".to_string(), entry));
+    let specs = entry.specialisations.iter().map(|(n, e)| (format!("NixOS - {n}"), e));
+    for (title, e) in main.chain(specs) {
+        let kernel = place(tree, &e.kernel, "the bootspec's kernel")?;
+        let initrd = e.initrd.as_deref().map(|i| place(tree, i, "the bootspec's initrd")).transpose()?;
+        menu.push(MenuEntry { title, entry: e, kernel, initrd });
+    }
     // GRUB's driver for the filesystem holding /boot.
     let boot_fs_module = match (boot_fat.is_some(), spec.fs_type.as_str()) {
         (true, _) => "fat",
         (false, "ext4") => "ext2",
         (false, other) => other,
     };
-    put_text(tree, "/boot/grub/grub.cfg", grub_cfg(spec, entry, &uuid, &kernel_path, initrd_path.as_deref()), time)?;
+    put_text(tree, "/boot/grub/grub.cfg", grub_cfg(spec, &uuid, &menu), time)?;
     let early = format!("search --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root){grub_dir}\n");
 
     let tmp = tempfile::tempdir().context("temporary folder for grub-mkimage")?;
@@ -285,7 +303,7 @@ fn install_grub(
     if matches!(ptt, "legacy" | "legacy+boot" | "legacy+gpt" | "hybrid") {
         let dir = grub.join("i386-pc");
         let modules: Vec<&str> = ["biosdisk"].iter().chain(&common_modules).copied().collect();
-        let core = mkimage_run(&mkimage, &dir, "i386-pc", &early_cfg, &grub_dir, &modules, tmp.path())?;
+        let core = mkimage_run(&mkimage, &dir, "i386-pc", &early_cfg, grub_dir, &modules, tmp.path())?;
         let boot_img_path = dir.join("boot.img");
         let boot_img = std::fs::read(&boot_img_path).with_context(|| {
             format!(
@@ -320,7 +338,7 @@ fn install_grub(
         let (esp, _) = fat_mount(plan, "ESP").expect("EFI layouts have an ESP");
         let dir = grub.join("x86_64-efi");
         let modules: Vec<&str> = common_modules.iter().chain(&["efi_gop", "all_video"]).copied().collect();
-        let image = mkimage_run(&mkimage, &dir, "x86_64-efi", &early_cfg, &grub_dir, &modules, tmp.path())?;
+        let image = mkimage_run(&mkimage, &dir, "x86_64-efi", &early_cfg, grub_dir, &modules, tmp.path())?;
         let bytes: Arc<[u8]> = image.into();
         let size = bytes.len() as u64;
         put(tree, &format!("{esp}/EFI/BOOT/BOOTX64.EFI"), FileData::Inline(bytes), size, time)?;
@@ -372,25 +390,35 @@ fn mkimage_run(
     Ok(std::fs::read(&out)?)
 }
 
+/// One GRUB menu entry: a generation and where GRUB reads its kernel and initrd.
+struct MenuEntry<'a> {
+    title: String,
+    entry: &'a BootEntry,
+    kernel: String,
+    initrd: Option<String>,
+}
+
 /// `/boot/grub/grub.cfg` in install-grub.pl's shape: find the filesystem by UUID, boot the
-/// bootspec's kernel with `init=` and its parameters.
-fn grub_cfg(spec: &Spec, e: &BootEntry, uuid: &str, kernel: &str, initrd: Option<&str>) -> String {
+/// bootspec's kernel with `init=` and its parameters, one entry per generation.
+fn grub_cfg(spec: &Spec, uuid: &str, menu: &[MenuEntry]) -> String {
     let mut s = String::from("# Automatically generated.  DO NOT EDIT THIS FILE!\n");
     s += "set default=0\n";
     s += &format!("set timeout={}\n", timeout(spec));
     s += &format!("search --set=drive1 --fs-uuid {uuid}\n");
-    s += "menuentry \"NixOS - Default\" --class nixos --unrestricted {\n";
-    s += &format!("search --set=drive1 --fs-uuid {uuid}\n");
-    s += &format!("  linux ($drive1){kernel} init={}", e.init);
-    for p in &e.kernel_params {
-        s += " ";
-        s += p;
+    for m in menu {
+        s += &format!("menuentry \"{}\" --class nixos --unrestricted {{\n", m.title);
+        s += &format!("search --set=drive1 --fs-uuid {uuid}\n");
+        s += &format!("  linux ($drive1){} init={}", m.kernel, m.entry.init);
+        for p in &m.entry.kernel_params {
+            s += " ";
+            s += p;
+        }
+        s += "\n";
+        if let Some(i) = &m.initrd {
+            s += &format!("  initrd ($drive1){i}\n");
+        }
+        s += "}\n";
     }
-    s += "\n";
-    if let Some(i) = initrd {
-        s += &format!("  initrd ($drive1){i}\n");
-    }
-    s += "}\n";
     s
 }
 

@@ -21,6 +21,8 @@ pub struct BootEntry {
     pub label: String,
     /// `org.nixos.systemd-boot` extension's sortKey, when present.
     pub sort_key: Option<String>,
+    /// The system's specialisations (`org.nixos.specialisation.v1`), sorted by name.
+    pub specialisations: Vec<(String, BootEntry)>,
 }
 
 /// Errors reading a bootspec.
@@ -70,21 +72,36 @@ pub fn read(store_root: &Path, system: &str) -> Result<BootEntry, BootspecError>
     let bootspec::generation::Generation::V1(v1) = doc.generation else {
         return Err(BootspecError::Invalid { file, what: "only bootspec v1 is supported".into() });
     };
-    let b = v1.bootspec;
-    let sort_key = doc
-        .extensions
+    let mut entry = entry_of(v1.bootspec, &doc.extensions, &file)?;
+    let mut specs: Vec<(String, BootEntry)> = Vec::new();
+    for (name, sp) in v1.specialisations {
+        specs.push((name.0, entry_of(sp.generation.bootspec, &sp.extensions, &file)?));
+    }
+    // The document is a hash map: sort so that the image does not depend on its order.
+    specs.sort_by(|a, b| a.0.cmp(&b.0));
+    entry.specialisations = specs;
+    Ok(entry)
+}
+
+fn entry_of(
+    b: bootspec::v1::BootSpecV1,
+    extensions: &bootspec::Extensions,
+    file: &Path,
+) -> Result<BootEntry, BootspecError> {
+    let sort_key = extensions
         .get("org.nixos.systemd-boot")
         .and_then(|x| x.get("sortKey"))
         .and_then(|k| k.as_str())
         .map(str::to_string);
     Ok(BootEntry {
-        toplevel: store_string(&b.toplevel.0, &file, "toplevel")?,
-        kernel: store_string(&b.kernel, &file, "kernel")?,
-        initrd: b.initrd.as_deref().map(|p| store_string(p, &file, "initrd")).transpose()?,
+        toplevel: store_string(&b.toplevel.0, file, "toplevel")?,
+        kernel: store_string(&b.kernel, file, "kernel")?,
+        initrd: b.initrd.as_deref().map(|p| store_string(p, file, "initrd")).transpose()?,
         kernel_params: b.kernel_params,
-        init: store_string(&b.init, &file, "init")?,
+        init: store_string(&b.init, file, "init")?,
         label: b.label,
         sort_key,
+        specialisations: Vec::new(),
     })
 }
 

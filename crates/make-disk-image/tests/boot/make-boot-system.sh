@@ -60,17 +60,30 @@ let
   sh = script: extra: derivation ({ inherit system; builder = "/bin/sh"; args = [ "-eu" "-c" script ]; PATH = "/usr/bin:/bin"; } // extra);
   linux = sh "mkdir $out && cp $src $out/bzImage" { name = "linux-boot-test"; src = /. + (buildDir + "/bzImage"); };
   initrd = sh "mkdir $out && cp $src $out/initrd" { name = "initrd-boot-test"; src = /. + (buildDir + "/initrd.gz"); };
-  toplevel = sh ''
-    mkdir $out
+  # bootspec v1 of one generation (keys sorted, as NixOS writes it with jq --sort-keys).
+  bootJson = params: ''
+    jq -n --sort-keys --arg t "$out" '{"org.nixos.bootspec.v1": {"system": "x86_64-linux",
+      "kernel": "${linux}/bzImage", "initrd": "${initrd}/initrd",
+      "kernelParams": ${params},
+      "label": "NixOS boot-test (Linux)", "toplevel": $t, "init": ($t + "/init")}}' '';
+  stage2 = ''
     ln -s ${linux}/bzImage $out/kernel
     ln -s ${initrd}/initrd $out/initrd
     printf '#!/bin/sh\necho stage 2 stand-in\n' >$out/init
     chmod 0755 $out/init
-    jq -n --sort-keys --arg t "$out" '{"org.nixos.bootspec.v1": {"system": "x86_64-linux",
-      "kernel": "${linux}/bzImage", "initrd": "${initrd}/initrd",
-      "kernelParams": ["console=ttyS0", "panic=-1", "loglevel=4"],
-      "label": "NixOS boot-test (Linux)", "toplevel": $t, "init": ($t + "/init")},
-      "org.nixos.specialisation.v1": {}}' >$out/boot.json
+  '';
+  # A specialisation: the same kernel, another command line.
+  alt = sh ''
+    mkdir $out
+    ${stage2}
+    ${bootJson ''["console=ttyS0", "panic=-1", "loglevel=4", "mdi.specialisation=alt"]''} >$out/boot.json
+  '' { name = "nixos-system-boot-test-alt"; };
+  toplevel = sh ''
+    mkdir -p $out/specialisation
+    ${stage2}
+    ln -s ${alt} $out/specialisation/alt
+    ${bootJson ''["console=ttyS0", "panic=-1", "loglevel=4"]''} \
+      | jq --sort-keys --slurpfile alt ${alt}/boot.json '. + {"org.nixos.specialisation.v1": {"alt": $alt[0]}}' >$out/boot.json
   '' { name = "nixos-system-boot-test"; };
   closureInfo = sh ''
     export PATH=/usr/bin:/bin
