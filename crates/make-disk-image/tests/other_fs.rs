@@ -652,20 +652,23 @@ fn vfat_root_passes_fsck_fat_and_mtools() {
     fs::create_dir_all(src.join("dir/sub")).unwrap();
     fs::write(src.join("hello.txt"), b"hello vfat\n").unwrap();
     fs::write(src.join("dir/sub/Long File Name.bin"), vec![7u8; 100_000]).unwrap();
+    let build_to = |out: &Path| {
+        build(&[
+            os("--root-dir"),
+            src.as_os_str(),
+            os("--fs-type"),
+            os("vfat"),
+            os("--partition-table-type"),
+            os("none"),
+            os("--additional-space"),
+            os("1M"),
+            os("-o"),
+            out.as_os_str(),
+        ]);
+        out.join("nixos.img")
+    };
     let out = tmp.path().join("out");
-    build(&[
-        os("--root-dir"),
-        src.as_os_str(),
-        os("--fs-type"),
-        os("vfat"),
-        os("--partition-table-type"),
-        os("none"),
-        os("--additional-space"),
-        os("1M"),
-        os("-o"),
-        out.as_os_str(),
-    ]);
-    let img = out.join("nixos.img");
+    let img = build_to(&out);
     let o = Command::new("fsck.fat").arg("-n").arg(&img).output().unwrap();
     assert!(o.status.success(), "fsck.fat -n: {}", String::from_utf8_lossy(&o.stdout));
     let i = img.to_str().unwrap();
@@ -674,18 +677,5 @@ fn vfat_root_passes_fsck_fat_and_mtools() {
     assert_eq!(big.stdout, vec![7u8; 100_000]);
     assert_eq!(root_fs(&out)["type"], "vfat");
     // Twice, the same bytes.
-    let out2 = tmp.path().join("out2");
-    build(&[
-        os("--root-dir"),
-        src.as_os_str(),
-        os("--fs-type"),
-        os("vfat"),
-        os("--partition-table-type"),
-        os("none"),
-        os("--additional-space"),
-        os("1M"),
-        os("-o"),
-        out2.as_os_str(),
-    ]);
-    assert!(fs::read(&img).unwrap() == fs::read(out2.join("nixos.img")).unwrap());
+    assert!(fs::read(&img).unwrap() == fs::read(build_to(&tmp.path().join("out2"))).unwrap());
 }

@@ -139,7 +139,7 @@ fn inputs() -> Option<&'static Inputs> {
     .as_ref()
 }
 
-/// One build; returns (image bytes hash from the manifest, efi-vars.fd bytes).
+/// One build; returns (sha256 of the image by sha256sum, efi-vars.fd bytes).
 fn build_one(
     inp: &Inputs,
     ptt: &str,
@@ -216,9 +216,13 @@ fn build_one(
         String::from_utf8_lossy(&o.stderr),
         String::from_utf8_lossy(&o.stdout)
     );
+    // The image's hash by coreutils, not by our own manifest code (which must agree).
+    let image = out.join(format!("nixos.{ext}"));
+    let o = Command::new("sha256sum").arg(&image).output().unwrap();
+    assert!(o.status.success(), "sha256sum {}", image.display());
+    let sha = String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string();
     let m: serde_json::Value = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
-    let sha = m["image"]["sha256"].as_str().expect("image hashed").to_string();
-    assert!(out.join(format!("nixos.{ext}")).exists());
+    assert_eq!(m["image"]["sha256"], sha.as_str(), "manifest sha256 of {}", image.display());
     let vars = fs::read(out.join("efi-vars.fd")).unwrap_or_default();
     let _ = fs::remove_dir_all(&out);
     (sha, vars)

@@ -111,19 +111,14 @@ fn put_host(tree: &mut Tree, path: &str, host: &Path, what: &str, time: i64) -> 
     Ok(())
 }
 
+/// Where a store path's bytes are on this machine (the spec's chroot store).
+fn store_file(spec: &Spec, path: &str) -> PathBuf {
+    spec.store_root.join(path.trim_start_matches('/'))
+}
+
 /// `YYYY-MM-DD` of a Unix time (UTC), for the "built on" date NixOS writes.
 fn date(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    // Civil-from-days (proleptic Gregorian), H. Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = Timestamp::from_secs(secs).civil_date();
     format!("{y:04}-{m:02}-{d:02}")
 }
 
@@ -149,7 +144,7 @@ pub fn install(
 ) -> Result<Installed> {
     let system = spec.system.as_deref().expect("checked by wanted()");
     let entry = bootspec::read(&spec.store_root, system)?;
-    let phys = |p: &str| spec.store_root.join(p.trim_start_matches('/'));
+    let phys = |p: &str| store_file(spec, p);
     match loader {
         Loader::SystemdBoot => {
             let (esp, _) = fat_mount(plan, "ESP").expect("wanted() checked the layout has an ESP");
@@ -257,7 +252,7 @@ fn install_grub(
             return Ok(file.to_string());
         }
         let rel = format!("/kernels/{}", bootspec::grub_copy_name(file));
-        put_host_once(tree, &format!("/boot{rel}"), &spec.store_root.join(&file[1..]), what, time)?;
+        put_host_once(tree, &format!("/boot{rel}"), &store_file(spec, file), what, time)?;
         Ok(rel)
     };
     // The system, then each specialisation, as install-grub.pl lists them at the top level.
@@ -276,6 +271,12 @@ fn install_grub(
         (false, other) => other,
     };
     put_text(tree, "/boot/grub/grub.cfg", grub_cfg(spec, &uuid, &menu), time)?;
+    // partitionTableType none: no place for boot code, so only grub.cfg, as NixOS' GRUB
+    // module does for `devices = [ "nodev" ]` (a VM booting the kernel directly, or a
+    // disk another loader chains into).
+    if ptt == "none" {
+        return Ok(Installed { loader: Loader::Grub, bios: None, efi_entry: None });
+    }
     let early = format!("search --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root){grub_dir}\n");
 
     let tmp = tempfile::tempdir().context("temporary folder for grub-mkimage")?;
@@ -296,9 +297,6 @@ fn install_grub(
         "configfile",
         "gzio",
     ];
-    // partitionTableType none: no place for boot code, so only grub.cfg, as NixOS' GRUB
-    // module does for `devices = [ "nodev" ]` (a VM booting the kernel directly, or a
-    // disk another loader chains into).
     let mut bios = None;
     if matches!(ptt, "legacy" | "legacy+boot" | "legacy+gpt" | "hybrid") {
         let dir = grub.join("i386-pc");

@@ -179,7 +179,7 @@ fn add_content(
 }
 
 /// `mkdir -p target` in the tree; "/" is the root.
-fn make_dir(tree: &mut Tree, target: &str, dir_meta: &Meta) -> Result<EntryId> {
+pub(crate) fn make_dir(tree: &mut Tree, target: &str, dir_meta: &Meta) -> Result<EntryId> {
     if target.split('/').all(|c| c.is_empty() || c == ".") {
         return Ok(ROOT);
     }

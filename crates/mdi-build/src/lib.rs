@@ -219,11 +219,9 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     // and the root keeps the empty mount points.
     for p in &plan.parts {
         if let layout::Role::Fat { mount, .. } = p.role {
-            let dir_meta = Meta::root(0o755, Timestamp::from_secs(sde));
-            if tree.lookup(mount.as_bytes()).is_none() {
-                let (parent, name) = tree.make_parents(mount.as_bytes(), &dir_meta)?;
-                tree.add(parent, &name, dir_meta, mdi_tree::Kind::Dir { children: Vec::new() }, None)?;
-            }
+            content::make_dir(&mut tree, mount, &Meta::root(0o755, Timestamp::from_secs(sde))).with_context(|| {
+                format!("'{mount}' in the image must be a folder: a boot partition is mounted there")
+            })?;
         }
     }
     let installed = match loader {
@@ -258,10 +256,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         let layout::Role::Fat { label, mount } = p.role else {
             continue;
         };
-        let id = tree.lookup(mount.as_bytes()).expect("mount point made above");
-        if !matches!(tree.get(id).kind, mdi_tree::Kind::Dir { .. }) {
-            bail!("'{mount}' in the image must be a folder: it is where the {label} partition is mounted");
-        }
+        let id = tree.lookup(mount.as_bytes()).expect("mount point made a folder above");
         let end = p.end.expect("boot partitions have fixed ends");
         let opts = mdi_fat::Options {
             volume_id: layout::fat_volume_id(p.guid),
@@ -471,25 +466,23 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         "spec": spec,
     });
     let efi_vars = if spec.touch_efi_vars { Some(boot::efi_vars(spec, &plan, installed.as_ref())?) } else { None };
-    let write_small = |name: &str, text: String| -> Result<()> {
+    let write_small = |name: &str, bytes: &[u8]| -> Result<()> {
         let p = out_dir.join(name);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent)?;
         }
         let t = tempfile::NamedTempFile::new_in(p.parent().unwrap_or(&out_dir))?;
-        std::fs::write(t.path(), text)?;
+        std::fs::write(t.path(), bytes)?;
         std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         t.persist(&p).map_err(|e| e.error)?;
         Ok(())
     };
     let fmt_name = if spec.format == "qcow2-compressed" { "qcow2" } else { spec.format.as_str() };
-    write_small("manifest.json", serde_json::to_string_pretty(&manifest)? + "\n")?;
-    write_small("nix-support/hydra-build-products", format!("file {fmt_name}-image {}\n", final_path.display()))?;
+    write_small("manifest.json", (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes())?;
+    let products = format!("file {fmt_name}-image {}\n", final_path.display());
+    write_small("nix-support/hydra-build-products", products.as_bytes())?;
     if let Some(vars) = efi_vars {
-        let t = tempfile::NamedTempFile::new_in(&out_dir)?;
-        std::fs::write(t.path(), vars)?;
-        std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        t.persist(out_dir.join("efi-vars.fd")).map_err(|e| e.error)?;
+        write_small("efi-vars.fd", &vars)?;
     }
     // tempfile creates 0600; an image is an ordinary build product.
     std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;

@@ -9,6 +9,8 @@ pub const FL_EXTENTS: u32 = 0x80000;
 /// i_flags: hash-indexed directory (EXT4_INDEX_FL).
 pub const FL_INDEX: u32 = 0x1000;
 
+/// The file type bits of i_mode.
+pub const S_IFMT: u16 = 0o170000;
 /// File type bits of i_mode (S_IFMT values).
 pub const S_IFIFO: u16 = 0o010000;
 pub const S_IFCHR: u16 = 0o020000;

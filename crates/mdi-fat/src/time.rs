@@ -5,25 +5,10 @@ pub const FAT_EPOCH: i64 = 315_532_800;
 /// 2107-12-31 23:59:58 UTC, the latest.
 const FAT_END: i64 = 4_354_819_198;
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (the "civil from
-/// days" algorithm, eras of 400 years).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 /// (date, time) words for a Unix time, clamped to FAT's range.
 pub fn dos(t: i64) -> (u16, u16) {
     let t = t.clamp(FAT_EPOCH, FAT_END);
-    let (y, m, d) = civil(t.div_euclid(86_400));
+    let (y, m, d) = mdi_tree::Timestamp::from_secs(t).civil_date();
     let secs = t.rem_euclid(86_400);
     let date = (((y - 1980) as u16) << 9) | ((m as u16) << 5) | d as u16;
     let time = (((secs / 3600) as u16) << 11) | ((((secs / 60) % 60) as u16) << 5) | ((secs % 60) / 2) as u16;

@@ -113,6 +113,21 @@ impl Timestamp {
         Timestamp { secs, nsecs: 0 }
     }
 
+    /// (year, month, day) of the UTC date, proleptic Gregorian (the "civil from days"
+    /// algorithm, eras of 400 years).
+    pub fn civil_date(self) -> (i64, u32, u32) {
+        let z = self.secs.div_euclid(86_400) + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        (y, m, d)
+    }
+
     /// Clamps to `limit` (SOURCE_DATE_EPOCH): anything later becomes exactly `limit`.
     pub fn clamp_to(self, limit: i64) -> Self {
         if self.secs >= limit {

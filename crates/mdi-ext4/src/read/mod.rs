@@ -66,8 +66,7 @@ const MAX_LINK: u64 = 4096;
 const CHUNK: u64 = 256 << 10;
 
 // i_flags bits.
-const FL_INDEX: u32 = 0x1000;
-const FL_EXTENTS: u32 = 0x80000;
+use crate::inode::{FL_EXTENTS, FL_INDEX};
 const FL_INLINE_DATA: u32 = 0x1000_0000;
 const FL_HUGE_FILE: u32 = 0x40000;
 
@@ -144,18 +143,8 @@ pub struct Inode {
     pub checksum_ok: bool,
 }
 
-/// File types from i_mode.
-pub const S_IFMT: u16 = 0o170000;
-/// Directory.
-pub const S_IFDIR: u16 = 0o040000;
-/// Regular file.
-pub const S_IFREG: u16 = 0o100000;
-/// Symbolic link.
-pub const S_IFLNK: u16 = 0o120000;
-/// Character device.
-pub const S_IFCHR: u16 = 0o020000;
-/// Block device.
-pub const S_IFBLK: u16 = 0o060000;
+/// File types from i_mode: the writer's constants.
+pub use crate::inode::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 
 impl Inode {
     /// The type bits.
