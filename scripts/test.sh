@@ -1,32 +1,64 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian 12 machine: installs the oracles the tests use
-# (DESIGN §7) and the corpus generator's needs, then runs every test.
+# (docs/design.md §7) and the corpus generator's needs, then runs every test.
+#
+# As root it installs with apt-get and pip first; as any other user it installs nothing and
+# runs every test that does not need root (each test that cannot run says why in one line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# QEMU comes from bookworm-backports: Debian 12 machines often ship qemu-utils 10 from there,
+# and bookworm's qemu-system-* 7.2 cannot be installed beside it (qemu-system-common 7.2
+# conflicts with qemu-utils 10). The pin covers the QEMU family only, so nothing else on the
+# machine moves to backports, and it works the same on a machine with no QEMU at all.
+setup_qemu_backports() {
+  local codename
+  codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+  [ "$codename" = bookworm ] || return 0
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    cat >/etc/apt/sources.list.d/mdi-bookworm-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  fi
+  cat >/etc/apt/preferences.d/mdi-qemu-backports.pref <<'PREF'
+# make-disk-image's test command: the QEMU family from bookworm-backports, so that
+# qemu-utils and qemu-system-* have one version (the rest of the system stays on bookworm).
+Package: qemu-* seabios ipxe-qemu
+Pin: release n=bookworm-backports
+Pin-Priority: 500
+PREF
+}
+
 if [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
+  setup_qemu_backports
   apt-get update -qq
   # e2fsprogs: e2fsck, debugfs, dumpe2fs; attr/acl: getfattr, getfacl; util-linux:
   # mount, losetup, blkid; fdisk: sfdisk; gdisk: sgdisk; dosfstools: fsck.fat; mtools:
-  # mdir, mcopy; qemu-utils: qemu-img; sqlite3; nix-bin + jq: the store corpus (../shared/corpus).
-  # Boot tests (issue 6): grub-pc-bin + grub-efi-amd64-bin + grub-common (grub-mkimage),
-  # systemd-boot-efi, ovmf, qemu-system-x86, linux-image-cloud-amd64 + busybox-static + cpio
-  # (the stand-in system), python3-pip (virt-fw-vars from PyPI's virt-firmware).
-  # Other root filesystems (issue 5): btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot.
-  # faketime: the reproducibility matrix builds under another wall clock (issue 7).
+  # mdir, mcopy; qemu-utils: qemu-img; sqlite3; nix-bin + jq: the store corpus
+  # (scripts/make-store-corpus). Boot tests: grub-pc-bin + grub-efi-amd64-bin + grub-common
+  # (grub-mkimage), systemd-boot-efi, ovmf, qemu-system-x86, linux-image-cloud-amd64 +
+  # busybox-static + cpio (the stand-in system), python3-pip (virt-fw-vars from PyPI's
+  # virt-firmware). Other root filesystems: btrfs-progs xfsprogs erofs-utils squashfs-tools
+  # fakeroot. faketime: the reproducibility matrix builds under another wall clock.
   apt-get install -y -qq --no-install-recommends \
     e2fsprogs attr acl util-linux mount fdisk gdisk dosfstools mtools qemu-utils sqlite3 \
-    nix-bin jq ca-certificates \
+    nix-bin jq ca-certificates file xz-utils zstd \
     grub-pc-bin grub-efi-amd64-bin grub-common systemd-boot-efi ovmf qemu-system-x86 \
     linux-image-cloud-amd64 busybox-static cpio python3-pip \
     btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot faketime >/dev/null
+  # Nothing may be left half-installed or held back.
+  dpkg --audit >&2 && [ -z "$(dpkg --audit)" ] || { echo "dpkg --audit reports broken packages" >&2; exit 1; }
   if ! command -v virt-fw-vars >/dev/null; then
     python3 -m pip install -q --break-system-packages virt-firmware 2>/dev/null \
       || python3 -m pip install -q virt-firmware
   fi
 else
-  echo "note: not root; the tests that need loop mounts, mknod or the Nix corpus will say SKIP" >&2
+  echo "note: not root: nothing is installed; tests that need root say SKIP and why" >&2
 fi
 
 cargo fmt --all -- --check
