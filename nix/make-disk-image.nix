@@ -2,8 +2,8 @@
 #
 #   import ./nix/make-disk-image.nix { inherit pkgs lib config; format = "qcow2"; ... }
 #
-# Same arguments, defaults and assertions as nixpkgs' function (see
-# ../shared/reference/nixpkgs-make-disk-image.md §2), and the same kind of $out
+# Same arguments, defaults and assertions as nixpkgs' function (the arguments and the spec
+# keys they become: docs/spec.md), and the same kind of $out
 # (<baseName>.<ext>, efi-vars.fd, nix-support/hydra-build-products), plus our manifest.json.
 # The image is made in one ordinary derivation: the closureInfo of the system (+ channel
 # + additionalPaths), a JSON spec, one run of the make-disk-image program. No VM, no KVM,
@@ -232,7 +232,7 @@ let
     bootTimeout = loader.timeout;
   };
 
-  # The spec (DESIGN §2.2): nixpkgs' argument names, store paths as strings.
+  # The spec (docs/design.md §2.2): nixpkgs' argument names, store paths as strings.
   spec =
     {
       inherit

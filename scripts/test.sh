@@ -61,6 +61,19 @@ else
   echo "note: not root: nothing is installed; tests that need root say SKIP and why" >&2
 fi
 
+# Tests that cannot run here write one line each (test: why) to this file; cargo test hides
+# the stderr of passing tests, so the list is printed at the end, pass or fail.
+export MDI_SKIP_LOG="$PWD/target/skipped-tests.txt"
+mkdir -p target
+: >"$MDI_SKIP_LOG"
+report_skips() {
+  if [ -s "$MDI_SKIP_LOG" ]; then
+    echo "Skipped here ($(sort -u "$MDI_SKIP_LOG" | wc -l) lines; each says why):" >&2
+    sort -u "$MDI_SKIP_LOG" | sed 's/^/  SKIP /' >&2
+  fi
+}
+trap report_skips EXIT
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo test --workspace --release

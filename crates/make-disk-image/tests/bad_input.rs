@@ -1,4 +1,4 @@
-//! DESIGN §8: each bad input gets a clear error naming the input and the fix, a non-zero
+//! docs/design.md §8: each bad input gets a clear error naming the input and the fix, a non-zero
 //! exit, and nothing at the output path.
 
 mod common;

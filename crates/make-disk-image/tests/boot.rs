@@ -243,7 +243,7 @@ fn efi_vars_entry_boots_without_the_removable_path() {
         assert!(text.contains("\\EFI\\systemd\\systemd-bootx64.efi"), "{text}");
         assert!(text.contains("boot order: 0001"), "{text}");
     } else {
-        eprintln!("SKIP virt-fw-vars check: not installed (pip install virt-firmware)");
+        skip(format_args!("virt-fw-vars check: not installed (pip install virt-firmware)"));
     }
 }
 
@@ -256,7 +256,7 @@ fn grub_finds_the_kernel_on_btrfs_and_xfs_roots() {
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     for fs_type in ["btrfs", "xfs"] {
         if !tool_exists(&format!("mkfs.{fs_type}")) {
-            eprintln!("SKIP {fs_type}: mkfs.{fs_type} missing");
+            skip(format_args!("{fs_type}: mkfs.{fs_type} missing"));
             continue;
         }
         let (out, _) =

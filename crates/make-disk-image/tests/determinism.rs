@@ -1,4 +1,4 @@
-//! DESIGN §5: the bytes depend on the inputs and the spec only. The same tree built
+//! docs/design.md §5: the bytes depend on the inputs and the spec only. The same tree built
 //! twice under changed conditions (time zone, umask, thread count, creation order of the
 //! input, output folder) gives identical images.
 

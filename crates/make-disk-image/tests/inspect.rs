@@ -320,7 +320,7 @@ fn every_format_inspects_like_raw_and_diff_finds_conversions_identical() {
             images.push((format!("qemu-img {fmt}"), out));
         }
     } else {
-        eprintln!("SKIP images written by qemu-img: qemu-img is not installed (apt-get install qemu-utils)");
+        skip(format_args!("images written by qemu-img: qemu-img is not installed (apt-get install qemu-utils)"));
     }
     for (what, img) in &images {
         let v = inspect_json(img, &[]);

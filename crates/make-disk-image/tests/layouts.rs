@@ -98,7 +98,7 @@ fn sfdisk(img: &Path) -> Vec<(u64, u64, String, String, String)> {
         .collect()
 }
 
-/// The DESIGN §4.1 table for a disk of `disk` bytes and a boot partition ending at `b`.
+/// The docs/design.md §4.1 table for a disk of `disk` bytes and a boot partition ending at `b`.
 fn expected(ptt: &str, disk: u64, b: u64) -> Vec<(u64, u64, &'static str, &'static str)> {
     let s = |bytes: u64| bytes / 512;
     let gpt_end = disk - MIB; // the root ends at the last MiB before the backup GPT
@@ -177,7 +177,7 @@ fn check_layout(ptt: &str, disk: &str, boot_size: &str) {
     }
 
     if !is_root() {
-        eprintln!("SKIP blkid/fsck.fat/e2fsck through loop devices for {ptt}: needs root");
+        skip(format_args!("blkid/fsck.fat/e2fsck through loop devices for {ptt}: needs root"));
         return;
     }
     // Every filesystem through a loop device over its partition.

@@ -27,13 +27,12 @@ const GRUB_MKIMAGE: &str = "/usr/bin/grub-mkimage";
 /// Whether the host has these files and tools; says why not (the test part is skipped).
 fn host_has(what: &str, files: &[&str], tools: &[&str]) -> bool {
     if let Some(f) = files.iter().find(|f| !Path::new(f).exists()) {
-        eprintln!(
-            "SKIP {what}: no {f} (apt-get install systemd-boot-efi ovmf grub-pc-bin grub-efi-amd64-bin grub-common); CI has it"
-        );
+        skip(format_args!("{what}: no {f} (apt-get install systemd-boot-efi ovmf grub-pc-bin grub-efi-amd64-bin grub-common); CI has it"
+        ));
         return false;
     }
     if let Some(t) = tools.iter().find(|t| !tool_exists(t)) {
-        eprintln!("SKIP {what}: '{t}' not found (apt-get install mtools fdisk); CI has it");
+        skip(format_args!("{what}: '{t}' not found (apt-get install mtools fdisk); CI has it"));
         return false;
     }
     true
@@ -52,16 +51,16 @@ impl NixStore {
     fn new(test: &str) -> Option<NixStore> {
         for t in ["nix-build", "nix-instantiate", "nix-store", "jq", "unshare", "debugfs", "e2fsck"] {
             if !tool_exists(t) {
-                eprintln!(
-                    "SKIP {test}: '{t}' not found (apt-get install nix-bin jq e2fsprogs util-linux); CI has them"
-                );
+                skip(format_args!(
+                    "{test}: '{t}' not found (apt-get install nix-bin jq e2fsprogs util-linux); CI has them"
+                ));
                 return None;
             }
         }
         if !Path::new("/nix").is_dir() {
-            eprintln!(
-                "SKIP {test}: no /nix folder to mount the throw-away store on (apt-get install nix-bin makes it)"
-            );
+            skip(format_args!(
+                "{test}: no /nix folder to mount the throw-away store on (apt-get install nix-bin makes it)"
+            ));
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -78,10 +77,10 @@ impl NixStore {
         let store = NixStore { dir };
         let probe = store.run::<&str>("true", &[]);
         if !probe.status.success() {
-            eprintln!(
-                "SKIP {test}: cannot mount a throw-away store over /nix in a new namespace (user namespaces disabled?): {}",
+            skip(format_args!(
+                "{test}: cannot mount a throw-away store over /nix in a new namespace (user namespaces disabled?): {}",
                 String::from_utf8_lossy(&probe.stderr)
-            );
+            ));
             return None;
         }
         Some(store)
@@ -646,7 +645,7 @@ fn systemd_boot_image_through_the_function() {
             assert!(text.contains(want), "no '{want}' in virt-fw-vars --print:\n{text}");
         }
     } else {
-        eprintln!("SKIP {test}: virt-fw-vars check: not installed (pip install virt-firmware)");
+        skip(format_args!("{test}: virt-fw-vars check: not installed (pip install virt-firmware)"));
     }
 
     // The ESP, as bootctl and NixOS' systemd-boot builder would have left it.

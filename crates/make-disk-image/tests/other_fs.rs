@@ -1,4 +1,4 @@
-//! Root filesystems other than ext4 (issue 5 item 7, DESIGN §4.4): each one, made by its
+//! Root filesystems other than ext4 (issue 5 item 7, docs/design.md §4.4): each one, made by its
 //! own mkfs tool at the root partition's offset, is attached with `losetup --offset
 //! --sizelimit`, mounted by the kernel and compared with its source, owners included;
 //! the reproducible ones are built twice under changed conditions and compared byte for
@@ -73,7 +73,7 @@ fn fs_type(name: &str) -> &'static FsType {
 fn skip_without_tools(t: &FsType) -> bool {
     for (tool, pkg) in [(t.mkfs, t.package), ("fakeroot", "fakeroot")] {
         if !tool_exists(tool) {
-            eprintln!("SKIP {}: {tool} is not installed (apt-get install {pkg})", t.name);
+            skip(format_args!("{}: {tool} is not installed (apt-get install {pkg})", t.name));
             return true;
         }
     }
@@ -453,7 +453,7 @@ fn btrfs_without_root_is_not_reproducible_but_right() {
         return;
     }
     if !tool_exists("setpriv") {
-        eprintln!("SKIP btrfs without root: setpriv is not installed (apt-get install util-linux)");
+        skip(format_args!("btrfs without root: setpriv is not installed (apt-get install util-linux)"));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -620,7 +620,7 @@ fn missing_mkfs_is_a_clear_error_and_leaves_nothing() {
 #[test]
 fn labels_beyond_the_filesystems_limit_are_refused() {
     if !tool_exists("mkfs.xfs") {
-        eprintln!("SKIP: mkfs.xfs is not installed (apt-get install xfsprogs)");
+        skip(format_args!("mkfs.xfs is not installed (apt-get install xfsprogs)"));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -643,7 +643,7 @@ fn labels_beyond_the_filesystems_limit_are_refused() {
 fn vfat_root_passes_fsck_fat_and_mtools() {
     for tool in ["fsck.fat", "mtype"] {
         if !tool_exists(tool) {
-            eprintln!("SKIP vfat root: {tool} is not installed (apt-get install dosfstools mtools)");
+            skip(format_args!("vfat root: {tool} is not installed (apt-get install dosfstools mtools)"));
             return;
         }
     }

@@ -1,4 +1,4 @@
-//! Issue 7 §1, DESIGN §5: every layout × every format × (no boot loader, GRUB,
+//! Issue 7 §1, docs/design.md §5: every layout × every format × (no boot loader, GRUB,
 //! systemd-boot) of a real NixOS-like system (tests/boot/make-boot-system.sh, built by real
 //! Nix) gives the same bytes when built again under changed conditions: time zone, umask,
 //! an input copy created in reverse order (other inode numbers and directory order), thread
@@ -39,7 +39,7 @@ const LAYOUTS: &[(&str, &[&str])] = &[
     ("hybrid", &["none", "grub", "systemd-boot"]),
 ];
 
-/// The changes of DESIGN §5 that a build can be subjected to.
+/// The changes of docs/design.md §5 that a build can be subjected to.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Change {
     TimeZone,

@@ -1,4 +1,4 @@
-//! Boot loaders without a VM (DESIGN §4.6): the files NixOS' `switch-to-configuration boot`
+//! Boot loaders without a VM (docs/design.md §4.6): the files NixOS' `switch-to-configuration boot`
 //! would write, made from the system's bootspec, placed in the tree before the boot
 //! partitions are written; and GRUB's BIOS boot code, placed in the first sectors after
 //! the partition table.

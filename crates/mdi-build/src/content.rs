@@ -1,4 +1,4 @@
-//! Collect (DESIGN §3 step 1): one tree from the spec's sources (closure, rootDir,
+//! Collect (docs/design.md §3 step 1): one tree from the spec's sources (closure, rootDir,
 //! configFile, contents), before any filesystem is planned.
 
 use crate::demo;
@@ -110,7 +110,7 @@ pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
     Ok(tree)
 }
 
-/// Places one `contents` entry as nixpkgs' rsync step does (reference §5.4): a source
+/// Places one `contents` entry as nixpkgs' rsync step does: a source
 /// with `*` is a pattern and `target` a folder receiving each match under its own name;
 /// otherwise the source (a folder's content, a file) becomes `target`, whose parents are
 /// made. `mode` applies to every file and folder copied (rsync `--chmod`), not to

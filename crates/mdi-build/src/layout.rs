@@ -1,4 +1,4 @@
-//! Partition layouts (DESIGN §4.1): where each partition goes for a `partitionTableType`,
+//! Partition layouts (docs/design.md §4.1): where each partition goes for a `partitionTableType`,
 //! which filesystem it gets, and the tables that describe them. Offsets are fixed before
 //! anything is written; only the root partition's end waits for the root filesystem's
 //! size when diskSize is "auto".

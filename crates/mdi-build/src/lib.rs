@@ -1,4 +1,4 @@
-//! The build pipeline (DESIGN §3): collect the tree from the spec's sources, write the
+//! The build pipeline (docs/design.md §3): collect the tree from the spec's sources, write the
 //! filesystem into the output, then the manifest and Hydra products; atomically.
 #![forbid(unsafe_code)]
 
@@ -345,7 +345,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         });
         (root_size, fs)
     } else {
-        // DESIGN §4.4: the filesystem's own mkfs tool (or our FAT writer for vfat).
+        // docs/design.md §4.4: the filesystem's own mkfs tool (or our FAT writer for vfat).
         let size = match spec.disk_size()? {
             DiskSize::Auto => external_fs::Size::Auto { extra: spec.additional_space()?, align: layout::MIB },
             DiskSize::Bytes(b) => external_fs::Size::Fixed(plan.root_size_for_disk(b)?),
@@ -550,7 +550,7 @@ impl OutDirBefore {
     }
 }
 
-/// The variables nixpkgs' postVM sees (reference §7.3), as far as they mean something
+/// The variables nixpkgs' postVM sees, as far as they mean something
 /// without a VM and a staging folder.
 struct PostVmVars<'a> {
     out: &'a Path,

@@ -1,11 +1,11 @@
-//! The build spec (DESIGN §2.2): JSON keys named after nixpkgs' arguments, every key also
+//! The build spec (docs/design.md §2.2): JSON keys named after nixpkgs' arguments, every key also
 //! a kebab-case flag. Unknown keys and values are errors that name the nearest valid one.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 
-/// Every key the spec accepts, in the order of DESIGN §2.2 (plus nixpkgs arguments we
+/// Every key the spec accepts, in the order of docs/design.md §2.2 (plus nixpkgs arguments we
 /// accept for compatibility and ignore: name, memSize).
 pub const KEYS: &[&str] = &[
     "format",
@@ -197,7 +197,7 @@ fn d_root_guid() -> String {
     NIXPKGS_ROOT_GUID.into()
 }
 
-/// Spec errors (DESIGN §8): each names the input and the fix.
+/// Spec errors (docs/design.md §8): each names the input and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("unknown spec key '{key}'{}; valid keys: {}", suggest(.nearest), KEYS.join(", "))]
@@ -362,7 +362,7 @@ impl Spec {
                 });
             }
         }
-        // nixpkgs' assertions (reference §2): onlyNixStore excludes contents, configFile
+        // nixpkgs' assertions: onlyNixStore excludes contents, configFile
         // and boot loader installation.
         if self.only_nix_store {
             if !self.contents.is_empty() {
@@ -493,7 +493,7 @@ impl Spec {
         self.channel.as_deref().filter(|_| self.copy_channel != Some(false))
     }
 
-    /// The output file extension for the format (DESIGN §2.1).
+    /// The output file extension for the format (docs/design.md §2.1).
     pub fn extension(&self) -> &'static str {
         match self.format.as_str() {
             "raw" => "img",

@@ -1,5 +1,5 @@
 //! Virtual disk formats, written in one pass as the filesystems produce their bytes: no
-//! raw intermediate file and no qemu-img (DESIGN §4.7).
+//! raw intermediate file and no qemu-img (docs/design.md §4.7).
 //!
 //! Every format here maps the virtual disk in fixed-size units (qcow2 clusters, VHD and
 //! VDI blocks). A unit gets its place in the output file the first time a non-zero byte

@@ -8,6 +8,20 @@ use std::process::Command;
 
 const OVMF: &str = "/usr/share/OVMF";
 
+/// Says in one line why a check does not run: on stderr, and in the file named by
+/// `MDI_SKIP_LOG`, which scripts/test.sh prints at the end (cargo test hides the stderr of
+/// tests that pass).
+fn skip(why: impl std::fmt::Display) {
+    eprintln!("SKIP {why}");
+    if let Some(log) = std::env::var_os("MDI_SKIP_LOG") {
+        use std::io::Write;
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = f.write_all(format!("ovmf_templates::{test}: {why}\n").as_bytes());
+        }
+    }
+}
+
 /// The templates that exist here; a SKIP line for each missing one.
 fn templates(names: &[&str]) -> Vec<PathBuf> {
     names
@@ -16,7 +30,7 @@ fn templates(names: &[&str]) -> Vec<PathBuf> {
         .filter(|p| {
             let ok = p.exists();
             if !ok {
-                eprintln!("SKIP {}: not installed (apt-get install ovmf)", p.display());
+                skip(format_args!("{}: not installed (apt-get install ovmf)", p.display()));
             }
             ok
         })
@@ -76,7 +90,7 @@ fn run(cmd: &str, args: &[&str]) -> (String, String) {
 fn have_virt_fw_vars() -> bool {
     let ok = Command::new("virt-fw-vars").arg("--help").output().is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("SKIP virt-fw-vars checks: virt-fw-vars not found (pip3 install virt-firmware)");
+        skip(format_args!("virt-fw-vars checks: virt-fw-vars not found (pip3 install virt-firmware)"));
     }
     ok
 }
@@ -187,7 +201,7 @@ fn virt_fw_vars_reads_the_boot_entry() {
                 assert_eq!(v["boot_order"], "0100", "{name}");
             }
             Ok(o) => panic!("{name}: python check failed:\n{}", String::from_utf8_lossy(&o.stderr)),
-            Err(err) => eprintln!("SKIP virt-firmware library check: python3: {err}"),
+            Err(err) => skip(format_args!("virt-firmware library check: python3: {err}")),
         }
 
         // 3. Every other variable is unchanged.

@@ -2,7 +2,7 @@
 //! sparse_super groups, and the record of every used range (for the block bitmaps).
 //!
 //! Allocation is strictly increasing, so the layout is a pure function of the order of
-//! requests: the writer makes them in a fixed order (DESIGN §5).
+//! requests: the writer makes them in a fixed order (docs/design.md §5).
 
 use crate::geometry::{has_super, Block, BLOCKS_PER_GROUP};
 

@@ -1,7 +1,7 @@
 //! Fixed geometry and block-group arithmetic (ext4 on-disk layout document, "Blocks" and
 //! "Block Groups"): 4 KiB blocks, 32768 blocks per group, sparse_super backups.
 
-/// Block size in bytes. Every ext4 we write uses 4 KiB blocks (DESIGN §4.2).
+/// Block size in bytes. Every ext4 we write uses 4 KiB blocks (docs/design.md §4.2).
 pub const BLOCK_SIZE: u64 = 4096;
 /// Block size as usize.
 pub const BS: usize = 4096;

@@ -2,7 +2,7 @@
 //!
 //! Turns a [`mdi_tree::Tree`] into a complete ext4 filesystem written through a
 //! [`mdi_sink::Sink`], without mkfs, without mounting and without root. The result uses
-//! 4 KiB blocks, 256-byte inodes and the feature set of DESIGN §4.2 (has_journal,
+//! 4 KiB blocks, 256-byte inodes and the feature set of docs/design.md §4.2 (has_journal,
 //! ext_attr, resize_inode, dir_index, filetype, extent, 64bit, flex_bg, sparse_super,
 //! large_file, huge_file, dir_nlink, extra_isize, metadata_csum).
 //!
@@ -19,7 +19,7 @@
 //!
 //! The cursor steps over the superblock-backup regions of sparse_super groups. Since the
 //! order of requests is fixed by the sorted tree, the bytes depend only on the tree and
-//! the [`Options`] (DESIGN §5).
+//! the [`Options`] (docs/design.md §5).
 #![forbid(unsafe_code)]
 
 mod alloc;

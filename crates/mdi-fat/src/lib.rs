@@ -3,7 +3,7 @@
 //! sector, FSInfo, both FATs and the data region in one pass.
 //!
 //! FAT32 when the volume holds at least 65525 clusters with the specification's cluster
-//! size for its size, else FAT16 (DESIGN §4.3). Directories get long file names (VFAT);
+//! size for its size, else FAT16 (docs/design.md §4.3). Directories get long file names (VFAT);
 //! short names are generated deterministically. Every timestamp is the given time,
 //! clamped to 1980-01-01, FAT's epoch.
 #![forbid(unsafe_code)]

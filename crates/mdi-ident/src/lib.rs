@@ -2,7 +2,7 @@
 //!
 //! Every UUID, GUID, serial or hash seed that the spec does not give explicitly is
 //! `HMAC-SHA256(key = seed, message = purpose)`, truncated to 16 bytes, with the RFC 4122
-//! version-4 and variant bits forced (DESIGN §5). Using repart's scheme gives us its
+//! version-4 and variant bits forced (docs/design.md §5). Using repart's scheme gives us its
 //! published test vectors and makes our images comparable with repart/mkosi ones.
 #![forbid(unsafe_code)]
 
@@ -142,7 +142,7 @@ impl Timestamp {
 mod tests {
     use super::*;
 
-    // Golden values from systemd's TEST-58-REPART (peers-and-crates.md §2.1).
+    // Golden values from systemd's TEST-58-REPART (test/units/TEST-58-REPART.sh).
     fn seed() -> Seed {
         Seed(Uuid::parse("750b6cd5c4ae4012a15e7be3c29e6a47").unwrap())
     }

@@ -229,7 +229,7 @@ pub fn add_store_paths(
     Ok(())
 }
 
-/// Adds what nixos-install puts next to the store of a full image (DESIGN §4.5): Nix's
+/// Adds what nixos-install puts next to the store of a full image (docs/design.md §4.5): Nix's
 /// database for the closure, its `schema` and `big-lock`, the system profile and its GC
 /// root, and `/etc/NIXOS`. `/nix/store` is NixOS's root:nixbld 1775.
 pub fn add_nix_state(tree: &mut Tree, info: &ClosureInfo, system: Option<&str>, time: i64) -> Result<(), NixError> {
@@ -267,7 +267,7 @@ pub fn add_nix_state(tree: &mut Tree, info: &ClosureInfo, system: Option<&str>, 
     Ok(())
 }
 
-/// Makes `channel` root's channel, as nixos-install does (reference §5.2): the profile
+/// Makes `channel` root's channel, as nixos-install does: the profile
 /// `profiles/per-user/root/channels → channels-1-link → <channel>` and
 /// `/root/.nix-defexpr/channels` pointing at that profile. `/root` (when the tree has none
 /// yet) is 0700, as NixOS activation leaves root's home.
@@ -297,7 +297,7 @@ pub fn add_channel_profile(tree: &mut Tree, info: &ClosureInfo, channel: &str, t
 
 /// Adds `name` (a file at the root of `tree`, 0644 root) holding the closure's
 /// registration, in the format `nix-store --load-db` reads: images whose database is
-/// made at boot (make-ext4-fs' `/nix-path-registration`, reference §6) load it from there.
+/// made at boot (make-ext4-fs' `/nix-path-registration`) load it from there.
 pub fn add_path_registration(tree: &mut Tree, info: &ClosureInfo, name: &str, time: i64) -> Result<(), NixError> {
     use mdi_tree::{FileData, Kind};
     let data: std::sync::Arc<[u8]> = std::sync::Arc::from(info.registration_bytes.clone());

@@ -1,4 +1,4 @@
-//! The format-neutral entry tree (DESIGN §3, step 1 "Collect").
+//! The format-neutral entry tree (docs/design.md §3, step 1 "Collect").
 //!
 //! Every source of an image (a Nix closure, a plain `rootDir`, `contents` entries,
 //! generated files such as the Nix database) is collected into one [`Tree`]. Filesystem

@@ -1,5 +1,5 @@
 //! Materializing a [`Tree`] into a host folder, for filesystems made by their own mkfs
-//! tools from a folder (DESIGN §4.4).
+//! tools from a folder (docs/design.md §4.4).
 //!
 //! What an unprivileged process can do itself is done here: folders, file contents (with
 //! every all-zero 4 KiB block left as a hole, so the result does not depend on whether a
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// Options of [`stage`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StageOptions<'a> {
-    /// Access time of every entry (DESIGN §4.2: every time but mtime is SOURCE_DATE_EPOCH).
+    /// Access time of every entry (docs/design.md §4.2: every time but mtime is SOURCE_DATE_EPOCH).
     pub atime: Timestamp,
     /// Set by a Ctrl-C handler: staging stops with [`TreeError::Cancelled`].
     pub cancel: Option<&'a AtomicBool>,

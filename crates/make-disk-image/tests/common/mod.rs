@@ -21,12 +21,32 @@ pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
 }
 
-/// Prints why a test does not run and returns true when it must skip.
+/// Says in one line why a test (or a part of one) does not run here: on stderr, and in the
+/// file named by `MDI_SKIP_LOG`, which scripts/test.sh prints at the end (cargo test hides the
+/// stderr of tests that pass, so a skip would otherwise go unseen).
+pub fn skip(why: impl std::fmt::Display) {
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(name, _hash)| name.to_string()))
+        .unwrap_or_default();
+    eprintln!("SKIP {why}");
+    if let Some(log) = std::env::var_os("MDI_SKIP_LOG") {
+        use std::io::Write;
+        // One write per line with O_APPEND: lines from parallel tests do not interleave.
+        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = f.write_all(format!("{binary}::{test}: {why}\n").as_bytes());
+        }
+    }
+}
+
+/// Says why a test does not run and returns true when it must skip.
 pub fn skip_unless_root(what: &str) -> bool {
     if is_root() {
         return false;
     }
-    eprintln!("SKIP {what}: needs root (loop mount); CI runs as root");
+    skip(format_args!("{what}: needs root (loop mount); CI runs as root"));
     true
 }
 
@@ -344,7 +364,7 @@ pub fn corpus(preset: &str) -> Option<PathBuf> {
 
 fn build_corpus(preset: &str) -> Option<PathBuf> {
     if !is_root() || !tool_exists("nix-store") {
-        eprintln!("SKIP corpus '{preset}': needs root and nix-bin (apt-get install nix-bin jq); CI has both");
+        skip(format_args!("corpus '{preset}': needs root and nix-bin (apt-get install nix-bin jq); CI has both"));
         return None;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -369,12 +389,12 @@ fn build_corpus(preset: &str) -> Option<PathBuf> {
 /// `tools` are the other programs the caller needs; `who` names the caller in SKIP lines.
 pub fn boot_system(name: &str, tools: &[&str], who: &str) -> Option<PathBuf> {
     if !is_root() {
-        eprintln!("SKIP {who}: needs root (the Nix chroot store's sandbox); CI runs as root");
+        skip(format_args!("{who}: needs root (the Nix chroot store's sandbox); CI runs as root"));
         return None;
     }
     for t in ["nix-build", "jq", "cpio"].iter().chain(tools) {
         if !tool_exists(t) {
-            eprintln!("SKIP {who}: {t} is missing (scripts/test.sh installs it)");
+            skip(format_args!("{who}: {t} is missing (scripts/test.sh installs it)"));
             return None;
         }
     }

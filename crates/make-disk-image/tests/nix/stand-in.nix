@@ -63,7 +63,7 @@ rec {
     )
     // (env.passthru or { });
 
-  # nixpkgs' closureInfo: the three files, in its format (reference §4).
+  # nixpkgs' closureInfo: the three files, in its format.
   closureInfo =
     { rootPaths }:
     derivation {

@@ -1,4 +1,4 @@
-//! Root filesystems other than ext4 (DESIGN §4.4). btrfs, erofs and squashfs are made by
+//! Root filesystems other than ext4 (docs/design.md §4.4). btrfs, erofs and squashfs are made by
 //! their own mkfs tools from a staged copy of the tree, under fakeroot so owners and
 //! device nodes need no root; xfs by `mkfs.xfs -p` from a prototype file (which states
 //! owners itself) with its times set afterwards by `xfs_db`; vfat by our own FAT writer.
