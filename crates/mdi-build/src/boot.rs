@@ -3,6 +3,7 @@
 //! partitions are written; and GRUB's BIOS boot code, placed in the first sectors after
 //! the partition table.
 
+use crate::arch::Arch;
 use crate::layout::{self, Plan, Role, Table};
 use crate::spec::Spec;
 use anyhow::{anyhow, bail, Context, Result};
@@ -14,8 +15,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 /// Debian's places for the boot loader inputs (systemd-boot-efi, grub-pc-bin +
-/// grub-efi-amd64-bin), the defaults when the spec names none.
-const DEBIAN_SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+/// grub-efi-<arch>-bin), the defaults when the spec names none.
+const DEBIAN_SYSTEMD_BOOT_DIR: &str = "/usr/lib/systemd/boot/efi";
 const DEBIAN_GRUB: &str = "/usr/lib/grub";
 
 /// Which boot loader.
@@ -23,6 +24,51 @@ const DEBIAN_GRUB: &str = "/usr/lib/grub";
 pub enum Loader {
     SystemdBoot,
     Grub,
+    /// NixOS' `boot.loader.generic-extlinux-compatible`: `/boot/extlinux/extlinux.conf`,
+    /// read by U-Boot's distro boot (and syslinux-style loaders).
+    Extlinux,
+}
+
+impl Loader {
+    /// The `bootLoader` value naming it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loader::SystemdBoot => "systemd-boot",
+            Loader::Grub => "grub",
+            Loader::Extlinux => "extlinux",
+        }
+    }
+}
+
+/// The architecture the image is for. A system's bootspec says it, and `targetSystem`
+/// must then agree; images without a system (rootDir, store-only) take `targetSystem`,
+/// default x86_64-linux. A bootspec naming an architecture we know no loader names for is
+/// an error only where a loader or an EFI variable store is wanted.
+pub fn target_arch(spec: &Spec) -> Result<Arch> {
+    let given = spec.target_arch();
+    let Some(system) = spec.system.as_deref() else {
+        return Ok(given.unwrap_or(Arch::X86_64));
+    };
+    let Ok(entry) = bootspec::read(&spec.store_root, system) else {
+        // No bootspec: the boot loader installation, if wanted, says why.
+        return Ok(given.unwrap_or(Arch::X86_64));
+    };
+    let Some(arch) = Arch::from_nix_system(&entry.system) else {
+        if spec.touch_efi_vars || spec.install_boot_loader != Some(false) {
+            bail!(
+                "the system's boot.json says system '{}', for which no boot loader can be installed here; supported: {}; or set installBootLoader = false",
+                entry.system,
+                Arch::ALL.map(Arch::nix_system).join(", ")
+            );
+        }
+        return Ok(given.unwrap_or(Arch::X86_64));
+    };
+    if let Some(g) = given.filter(|g| *g != arch) {
+        bail!(
+            "targetSystem is '{g}' but the system's boot.json says '{arch}'; remove targetSystem (the bootspec decides) or build the system for {g}"
+        );
+    }
+    Ok(arch)
 }
 
 /// GRUB's BIOS boot code, written once the partition table is.
@@ -44,7 +90,7 @@ pub struct Installed {
 }
 
 /// The loader the spec asks for, or None when none is installed.
-pub fn wanted(spec: &Spec) -> Result<Option<Loader>> {
+pub fn wanted(spec: &Spec, arch: Arch) -> Result<Option<Loader>> {
     let install = spec.install_boot_loader.unwrap_or(spec.system.is_some());
     if !install {
         return Ok(None);
@@ -56,7 +102,8 @@ pub fn wanted(spec: &Spec) -> Result<Option<Loader>> {
     let loader = match spec.boot_loader.as_deref() {
         Some("systemd-boot") => Loader::SystemdBoot,
         Some("grub") => Loader::Grub,
-        Some(other) => bail!("bootLoader '{other}' is not known; use systemd-boot or grub"),
+        Some("extlinux") => Loader::Extlinux,
+        Some(other) => bail!("bootLoader '{other}' is not known; use systemd-boot, grub or extlinux"),
         None if matches!(ptt, "efi" | "efixbootldr") => Loader::SystemdBoot,
         None => Loader::Grub,
     };
@@ -66,6 +113,9 @@ pub fn wanted(spec: &Spec) -> Result<Option<Loader>> {
         ),
         (Loader::SystemdBoot, "legacy" | "legacy+boot" | "legacy+gpt") => bail!(
             "bootLoader systemd-boot needs an EFI system partition, which partitionTableType '{ptt}' has not; use efi, efixbootldr or hybrid, or bootLoader = \"grub\""
+        ),
+        (Loader::Grub, "legacy" | "legacy+boot" | "legacy+gpt" | "hybrid") if !arch.has_pc_bios() => bail!(
+            "partitionTableType '{ptt}' boots GRUB from a PC BIOS, which {arch} machines do not have; use partitionTableType efi (UEFI, with GRUB or systemd-boot) or bootLoader extlinux (U-Boot), which work on every architecture"
         ),
         _ => {}
     }
@@ -141,6 +191,7 @@ pub fn install(
     tree: &mut Tree,
     time: i64,
     root_uuid: Uuid,
+    arch: Arch,
 ) -> Result<Installed> {
     let system = spec.system.as_deref().expect("checked by wanted()");
     let entry = bootspec::read(&spec.store_root, system)?;
@@ -150,10 +201,12 @@ pub fn install(
             let (esp, _) = fat_mount(plan, "ESP").expect("wanted() checked the layout has an ESP");
             // efixbootldr: entries and kernels on XBOOTLDR (mounted at /boot), the loader on the ESP.
             let boot = fat_mount(plan, "BOOT").map(|(m, _)| m).unwrap_or(esp);
-            let sd = spec.systemd_boot.clone().unwrap_or_else(|| PathBuf::from(DEBIAN_SYSTEMD_BOOT));
-            let what = "systemdBoot (the systemd-boot EFI binary; Debian: systemd-boot-efi)";
-            put_host(tree, &format!("{esp}/EFI/systemd/systemd-bootx64.efi"), &sd, what, time)?;
-            put_host(tree, &format!("{esp}/EFI/BOOT/BOOTX64.EFI"), &sd, what, time)?;
+            let binary = format!("systemd-boot{}.efi", arch.efi());
+            let sd = spec.systemd_boot.clone().unwrap_or_else(|| Path::new(DEBIAN_SYSTEMD_BOOT_DIR).join(&binary));
+            let what = format!("systemdBoot (the systemd-boot EFI binary; Debian: systemd-boot-efi:{})", arch.debian());
+            check_pe_arch(&sd, &what, arch)?;
+            put_host(tree, &format!("{esp}/EFI/systemd/{binary}"), &sd, &what, time)?;
+            put_host(tree, &format!("{esp}/EFI/BOOT/{}", arch.removable_loader()), &sd, &what, time)?;
             // The system, then each specialisation (sorted by name), as NixOS' builder
             // writes them: `nixos-generation-1[-specialisation-<name>].conf`.
             let main = std::iter::once((None, &entry));
@@ -186,11 +239,35 @@ pub fn install(
             Ok(Installed {
                 loader,
                 bios: None,
-                efi_entry: Some(("\\EFI\\systemd\\systemd-bootx64.efi".into(), "Linux Boot Manager".into())),
+                efi_entry: Some((format!("\\EFI\\systemd\\{binary}"), "Linux Boot Manager".into())),
             })
         }
-        Loader::Grub => install_grub(spec, plan, tree, time, root_uuid, &entry),
+        Loader::Grub => install_grub(spec, plan, tree, time, root_uuid, &entry, arch),
+        Loader::Extlinux => install_extlinux(spec, tree, time, &entry),
     }
+}
+
+/// Refuses an EFI binary built for another architecture than the target's: the firmware
+/// would not start it.
+fn check_pe_arch(file: &Path, what: &str, arch: Arch) -> Result<()> {
+    let mut head = vec![0u8; 4096];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(file).with_context(|| format!("{what} '{}' cannot be read", file.display()))?;
+        f.read(&mut head).with_context(|| format!("{what} '{}' cannot be read", file.display()))?
+    };
+    let m = mdi_pe::machine(&head[..n]).map_err(|e| anyhow!("{what} '{}': {e}", file.display()))?;
+    if m != arch.pe_machine() {
+        bail!(
+            "{what} '{}' is an EFI binary for {}, but the system is {arch} and needs one for {}; give the {} build (systemd-boot{}.efi)",
+            file.display(),
+            mdi_pe::machine_name(m),
+            mdi_pe::machine_name(arch.pe_machine()),
+            arch.debian(),
+            arch.efi()
+        );
+    }
+    Ok(())
 }
 
 /// `loader/entries/nixos-generation-1.conf` as NixOS' systemd-boot builder writes it.
@@ -225,6 +302,7 @@ fn install_grub(
     time: i64,
     root_uuid: Uuid,
     entry: &BootEntry,
+    arch: Arch,
 ) -> Result<Installed> {
     let grub = spec.grub.clone().unwrap_or_else(|| PathBuf::from(DEBIAN_GRUB));
     let mkimage = spec.grub_mkimage.clone().unwrap_or_else(|| PathBuf::from("grub-mkimage"));
@@ -301,7 +379,7 @@ fn install_grub(
     if matches!(ptt, "legacy" | "legacy+boot" | "legacy+gpt" | "hybrid") {
         let dir = grub.join("i386-pc");
         let modules: Vec<&str> = ["biosdisk"].iter().chain(&common_modules).copied().collect();
-        let core = mkimage_run(&mkimage, &dir, "i386-pc", &early_cfg, grub_dir, &modules, tmp.path())?;
+        let core = mkimage_run(&mkimage, &dir, "i386-pc", "grub-pc-bin", &early_cfg, grub_dir, &modules, tmp.path())?;
         let boot_img_path = dir.join("boot.img");
         let boot_img = std::fs::read(&boot_img_path).with_context(|| {
             format!(
@@ -334,27 +412,33 @@ fn install_grub(
     let mut efi_entry = None;
     if matches!(ptt, "efi" | "efixbootldr" | "hybrid") {
         let (esp, _) = fat_mount(plan, "ESP").expect("EFI layouts have an ESP");
-        let dir = grub.join("x86_64-efi");
-        let modules: Vec<&str> = common_modules.iter().chain(&["efi_gop", "all_video"]).copied().collect();
-        let image = mkimage_run(&mkimage, &dir, "x86_64-efi", &early_cfg, grub_dir, &modules, tmp.path())?;
+        let target = arch.grub_efi_target();
+        let dir = grub.join(target);
+        // all_video brings the PC video drivers on x86; elsewhere the firmware's GOP is all.
+        let video: &[&str] = if arch.has_pc_bios() { &["efi_gop", "all_video"] } else { &["efi_gop"] };
+        let modules: Vec<&str> = common_modules.iter().chain(video).copied().collect();
+        let package = arch.grub_efi_package();
+        let image = mkimage_run(&mkimage, &dir, target, &package, &early_cfg, grub_dir, &modules, tmp.path())?;
         let bytes: Arc<[u8]> = image.into();
         let size = bytes.len() as u64;
-        put(tree, &format!("{esp}/EFI/BOOT/BOOTX64.EFI"), FileData::Inline(bytes), size, time)?;
-        efi_entry = Some(("\\EFI\\BOOT\\BOOTX64.EFI".into(), "NixOS-boot".into()));
+        let loader = arch.removable_loader();
+        put(tree, &format!("{esp}/EFI/BOOT/{loader}"), FileData::Inline(bytes), size, time)?;
+        efi_entry = Some((format!("\\EFI\\BOOT\\{loader}"), "NixOS-boot".into()));
     }
     Ok(Installed { loader: Loader::Grub, bios, efi_entry })
 }
 
+#[allow(clippy::too_many_arguments)] // each is one grub-mkimage option
 fn mkimage_run(
     mkimage: &Path,
     dir: &Path,
     target: &str,
+    pkg: &str,
     early_cfg: &Path,
     prefix: &str,
     modules: &[&str],
     tmp: &Path,
 ) -> Result<Vec<u8>> {
-    let pkg = if target == "i386-pc" { "grub-pc-bin" } else { "grub-efi-amd64-bin" };
     if !dir.join("moddep.lst").is_file() {
         bail!(
             "GRUB's {target} modules are not in '{}'; install the Debian package {pkg} or set grub to a folder holding {target}/",
@@ -420,6 +504,99 @@ fn grub_cfg(spec: &Spec, uuid: &str, menu: &[MenuEntry]) -> String {
     s
 }
 
+/// NixOS' generic-extlinux-compatible loader, as extlinux-conf-builder.sh lays it out on
+/// /boot (a boot partition mounted there, else the root's /boot): the kernel, initrd and
+/// device trees copied to `/boot/nixos/<store path with dashes>`, and
+/// `/boot/extlinux/extlinux.conf` with the default entry and generation 1 (the builder lists
+/// the system profile's generations; a new image has one). Specialisations get no entry, as
+/// in NixOS. U-Boot finds the file on the partition marked bootable ([`Plan::mark_bootable`]).
+fn install_extlinux(spec: &Spec, tree: &mut Tree, time: i64, entry: &BootEntry) -> Result<Installed> {
+    let copy = |tree: &mut Tree, file: &str, what: &str| -> Result<String> {
+        let name = bootspec::grub_copy_name(file);
+        put_host_once(tree, &format!("/boot/nixos/{name}"), &store_file(spec, file), what, time)?;
+        Ok(format!("../nixos/{name}"))
+    };
+    let kernel = copy(tree, &entry.kernel, "the bootspec's kernel")?;
+    let initrd = entry.initrd.as_deref().map(|i| copy(tree, i, "the bootspec's initrd")).transpose()?;
+    let dtbs = match resolve_store_link(spec, &format!("{}/dtbs", entry.toplevel))? {
+        Some(dir) => {
+            let sub = mdi_tree::scan_host(
+                &store_file(spec, &dir),
+                &mdi_tree::ScanOptions { clamp: time, keep_owner: false, keep_xattrs: false },
+            )
+            .with_context(|| format!("reading the system's device trees '{dir}'"))?;
+            let name = bootspec::grub_copy_name(&dir);
+            let (parent, _) = tree.make_parents(b"/boot/nixos/x", &Meta::root(0o755, Timestamp::from_secs(time)))?;
+            tree.graft(parent, name.as_bytes(), sub)?;
+            Some(format!("../nixos/{name}"))
+        }
+        None => None,
+    };
+    // nixos-version as the builder reads it (`$(cat …)` drops trailing newlines).
+    let version_file = store_file(spec, &format!("{}/nixos-version", entry.toplevel));
+    let version = std::fs::read_to_string(&version_file).map(|v| v.trim_end_matches('\n').to_string());
+    let conf = extlinux_conf(spec, entry, &kernel, initrd.as_deref(), dtbs.as_deref(), version.as_deref().unwrap_or(""), time);
+    put_text(tree, "/boot/extlinux/extlinux.conf", conf, time)?;
+    Ok(Installed { loader: Loader::Extlinux, bios: None, efi_entry: None })
+}
+
+/// `extlinux.conf` as extlinux-conf-builder.sh writes it for a system with one generation.
+fn extlinux_conf(
+    spec: &Spec,
+    entry: &BootEntry,
+    kernel: &str,
+    initrd: Option<&str>,
+    dtbs: Option<&str>,
+    version: &str,
+    time: i64,
+) -> String {
+    // U-Boot reads TIMEOUT in tenths of a second, and 0 as "wait forever"; NixOS writes
+    // -10 for boot.loader.timeout = 0 (boot at once).
+    let timeout = match timeout(spec) {
+        0 => -10,
+        t => i64::from(t) * 10,
+    };
+    let mut s = String::from("# Generated file, all changes will be lost on nixos-rebuild!\n\n");
+    s += "# Change this to e.g. nixos-42 to temporarily boot to an older configuration.\n";
+    s += "DEFAULT nixos-default\n\n";
+    s += "MENU TITLE ------------------------------------------------------------\n";
+    s += &format!("TIMEOUT {timeout}\n");
+    let (y, mo, d) = Timestamp::from_secs(time).civil_date();
+    let secs_of_day = time.rem_euclid(86_400);
+    let stamp = format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}", secs_of_day / 3600, secs_of_day % 3600 / 60);
+    for (tag, menu) in [
+        ("default", "NixOS - Default".to_string()),
+        ("1", format!("NixOS - Configuration 1 ({stamp} - {version})")),
+    ] {
+        s += &format!("\nLABEL nixos-{tag}\n  MENU LABEL {menu}\n  LINUX {kernel}\n");
+        if let Some(i) = initrd {
+            s += &format!("  INITRD {i}\n");
+        }
+        s += &format!("  APPEND init={} {}\n", entry.init, entry.kernel_params.join(" "));
+        if let Some(d) = dtbs {
+            s += &format!("  FDTDIR {d}\n");
+        }
+    }
+    s
+}
+
+/// The store path a link in the store finally points at (absolute targets are store
+/// paths, read under the spec's store root), or None when `path` does not exist.
+fn resolve_store_link(spec: &Spec, path: &str) -> Result<Option<String>> {
+    let mut cur = PathBuf::from(path);
+    for _ in 0..16 {
+        match std::fs::symlink_metadata(store_file(spec, &cur.to_string_lossy())) {
+            Err(_) => return Ok(None),
+            Ok(md) if !md.file_type().is_symlink() => return Ok(Some(cur.to_string_lossy().into_owned())),
+            Ok(_) => {
+                let t = std::fs::read_link(store_file(spec, &cur.to_string_lossy()))?;
+                cur = if t.is_absolute() { t } else { cur.parent().unwrap_or(Path::new("/")).join(t) };
+            }
+        }
+    }
+    bail!("'{path}' is a symlink loop in the store")
+}
+
 /// Writes GRUB's BIOS boot code: core.img at its place and boot.img's code into the MBR,
 /// whose current sector 0 (`mbr`) keeps its disk signature and partition table.
 pub fn bios_writes(code: &BiosCode, mbr: &[u8; 512]) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -429,20 +606,31 @@ pub fn bios_writes(code: &BiosCode, mbr: &[u8; 512]) -> Result<Vec<(u64, Vec<u8>
     Ok(vec![(0, sector0.to_vec()), (code.core_offset, code.core_img.clone())])
 }
 
-/// Debian's OVMF variable-store template (package ovmf), the default `efiVariables`.
-const DEBIAN_OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-
 /// `efi-vars.fd` for touchEFIVars: the template with a Boot0001 load option for the
 /// installed EFI loader (HD(ESP)/File(loader)) first in BootOrder, as `bootctl install` or
 /// `grub-install` would leave it; the template unchanged when no EFI loader is installed.
-pub fn efi_vars(spec: &Spec, plan: &Plan, installed: Option<&Installed>) -> Result<Vec<u8>> {
-    let path = spec.efi_variables.clone().unwrap_or_else(|| PathBuf::from(DEBIAN_OVMF_VARS));
-    let template = std::fs::read(&path).with_context(|| {
-        format!(
-            "efiVariables '{}' cannot be read; give an OVMF_VARS.fd template (Debian: package ovmf)",
-            path.display()
-        )
+pub fn efi_vars(spec: &Spec, plan: &Plan, installed: Option<&Installed>, arch: Arch) -> Result<Vec<u8>> {
+    let (path, hint) = match (&spec.efi_variables, arch.debian_efi_vars()) {
+        (Some(p), _) => (p.clone(), "the target firmware's variable-store template".to_string()),
+        (None, Some((p, pkg))) => (PathBuf::from(p), format!("Debian: package {pkg}")),
+        (None, None) => bail!(
+            "touchEFIVars needs efiVariables for {arch}: give the target firmware's variable-store template (an edk2 VARS.fd)"
+        ),
+    };
+    let mut template = std::fs::read(&path).with_context(|| {
+        format!("efiVariables '{}' cannot be read; give a UEFI variable-store template ({hint})", path.display())
     })?;
+    // Debian's AAVMF_VARS.fd is blank flash, which the firmware formats at first boot: format
+    // it as the firmware would, so the boot entry can go in.
+    if mdi_efivars::is_blank(&template) {
+        if arch != Arch::Aarch64 {
+            bail!(
+                "efiVariables '{}' is blank (all zeros); only aarch64's firmware layout is known for formatting one: give a formatted VARS.fd",
+                path.display()
+            );
+        }
+        template = mdi_efivars::format_arm_virt(template.len())?;
+    }
     let Some((loader_path, description)) = installed.and_then(|i| i.efi_entry.as_ref()) else {
         // Checked like an installed store would be, so a wrong file fails here, not at boot.
         mdi_efivars::VarStore::parse(&template)

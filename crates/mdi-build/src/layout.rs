@@ -169,6 +169,17 @@ impl Plan {
         })
     }
 
+    /// Marks the partition holding `/boot` bootable (a FAT partition mounted there, else
+    /// the root): the MBR boot indicator or the GPT legacy-BIOS-bootable attribute, which
+    /// U-Boot's distro boot scans for.
+    pub fn mark_bootable(&mut self) {
+        let boot = self.parts.iter().position(|p| matches!(p.role, Role::Fat { mount: "/boot", .. }));
+        let root = self.parts.iter().position(|p| p.role == Role::Root);
+        if let Some(i) = boot.or(root) {
+            self.parts[i].bootable = true;
+        }
+    }
+
     /// The root partition.
     pub fn root(&self) -> &Part {
         self.parts.iter().find(|p| p.role == Role::Root).expect("every layout has a root")
@@ -241,7 +252,9 @@ impl Plan {
                             guid: p.guid,
                             first: p.start / SECTOR,
                             last: end(p) / SECTOR - 1,
-                            attributes: 0,
+                            // Bit 2, legacy BIOS bootable: what U-Boot's distro boot and
+                            // syslinux look for (UEFI 2.10 §5.3.3, Table 5.7).
+                            attributes: if p.bootable { 1 << 2 } else { 0 },
                             name: p.name.to_string(),
                         })
                         .collect(),

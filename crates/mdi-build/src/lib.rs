@@ -2,6 +2,7 @@
 //! filesystem into the output, then the manifest and Hydra products; atomically.
 #![forbid(unsafe_code)]
 
+mod arch;
 mod boot;
 mod content;
 mod demo;
@@ -190,7 +191,8 @@ const HASH_LIMIT: u64 = 16 << 30;
 /// Runs a whole build into `out_dir`.
 pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     let before = OutDirBefore::capture(out_dir);
-    let loader = boot::wanted(spec)?;
+    let arch = boot::target_arch(spec)?;
+    let loader = boot::wanted(spec, arch)?;
     let sde = source_date_epoch(spec)?;
     let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
     let boot_size = spec::parse_iec_value(&spec.boot_size)
@@ -201,6 +203,9 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         &seed,
         Uuid::parse(&spec.root_gpuid)?,
     )?;
+    if loader == Some(boot::Loader::Extlinux) {
+        plan.mark_bootable();
+    }
     let t0 = std::time::Instant::now();
     let trace = std::env::var_os("MDI_TRACE").is_some();
     let phase = |what: &str| {
@@ -225,7 +230,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         }
     }
     let installed = match loader {
-        Some(l) => Some(boot::install(spec, l, &plan, &mut tree, sde, fs_uuid)?),
+        Some(l) => Some(boot::install(spec, l, &plan, &mut tree, sde, fs_uuid, arch)?),
         None => None,
     };
     tree.finish();
@@ -454,10 +459,8 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             "sha256Note": (!hash_it).then_some("not computed: the file is above 16 GiB (a raw image is mostly holes; hashing would read every one)"),
         },
         "partitionTableType": spec.partition_table_type,
-        "bootLoader": installed.as_ref().map(|i| match i.loader {
-            boot::Loader::SystemdBoot => "systemd-boot",
-            boot::Loader::Grub => "grub",
-        }),
+        "system": arch.nix_system(),
+        "bootLoader": installed.as_ref().map(|i| i.loader.name()),
         "efiVars": spec.touch_efi_vars.then_some("efi-vars.fd"),
         "efiLoader": installed.as_ref().and_then(|i| i.efi_entry.as_ref()).map(|(path, _)| path),
         "partitions": partitions,
@@ -465,7 +468,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         "sourceDateEpoch": sde,
         "spec": spec,
     });
-    let efi_vars = if spec.touch_efi_vars { Some(boot::efi_vars(spec, &plan, installed.as_ref())?) } else { None };
+    let efi_vars = if spec.touch_efi_vars { Some(boot::efi_vars(spec, &plan, installed.as_ref(), arch)?) } else { None };
     let write_small = |name: &str, bytes: &[u8]| -> Result<()> {
         let p = out_dir.join(name);
         if let Some(parent) = p.parent() {

@@ -20,6 +20,7 @@ pub const KEYS: &[&str] = &[
     "closureInfo",
     "storeRoot",
     "system",
+    "targetSystem",
     "contents",
     "rootDir",
     "additionalPaths",
@@ -95,6 +96,11 @@ pub struct Spec {
     pub store_root: PathBuf,
     #[serde(default)]
     pub system: Option<String>,
+    /// The Nix system double the image is for (`aarch64-linux`, …): taken from the system's
+    /// bootspec when there is one (this key must then agree), else from here; default
+    /// x86_64-linux. See [`Spec::target_arch`].
+    #[serde(default)]
+    pub target_system: Option<String>,
     #[serde(default)]
     pub contents: Vec<ContentEntry>,
     #[serde(default)]
@@ -331,6 +337,11 @@ pub enum DiskSize {
 }
 
 impl Spec {
+    /// `targetSystem`, typed (validated when the spec was read).
+    pub fn target_arch(&self) -> Option<crate::arch::Arch> {
+        self.target_system.as_deref().map(|t| crate::arch::Arch::from_nix_system(t).expect("validated"))
+    }
+
     fn validate(&self) -> Result<(), SpecError> {
         one_of("format", &self.format, &["raw", "qcow2", "qcow2-compressed", "vdi", "vpc", "vmdk", "vhdx"])?;
         one_of(
@@ -339,6 +350,9 @@ impl Spec {
             &["none", "legacy", "legacy+boot", "legacy+gpt", "efi", "efixbootldr", "hybrid"],
         )?;
         one_of("fsType", &self.fs_type, &["ext4", "btrfs", "xfs", "erofs", "squashfs", "vfat"])?;
+        if let Some(t) = &self.target_system {
+            one_of("targetSystem", t, &crate::arch::Arch::ALL.map(crate::arch::Arch::nix_system))?;
+        }
         self.disk_size()?;
         self.additional_space()?;
         if parse_iec_value(&self.boot_size).is_none() {

@@ -166,7 +166,7 @@ impl FirmwareVolumeHeader {
 }
 
 /// The wrapping sum of the little-endian 16-bit words of `b` (`b` has even length).
-fn checksum16(b: &[u8]) -> u16 {
+pub(crate) fn checksum16(b: &[u8]) -> u16 {
     b.chunks_exact(2).fold(0u16, |s, w| s.wrapping_add(u16::from_le_bytes([w[0], w[1]])))
 }
 

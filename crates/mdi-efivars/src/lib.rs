@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod blank;
 mod device_path;
 mod error;
 mod firmware_volume;
@@ -37,6 +38,7 @@ mod le;
 mod load_option;
 mod variable_store;
 
+pub use blank::{format_arm_virt, is_blank};
 pub use device_path::{encode_device_path, DevicePathNode, HardDrive, PartitionSignature};
 pub use error::{Error, Result};
 pub use guid::Guid;

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 pub struct BootEntry {
     /// The toplevel store path.
     pub toplevel: String,
+    /// The Nix system double the generation is built for (`x86_64-linux`, `aarch64-linux`).
+    pub system: String,
     /// `<kernel package>/<kernel file>`, a path in the store.
     pub kernel: String,
     /// `<initrd package>/<initrd file>` when the system has an initrd.
@@ -95,6 +97,7 @@ fn entry_of(
         .map(str::to_string);
     Ok(BootEntry {
         toplevel: store_string(&b.toplevel.0, file, "toplevel")?,
+        system: b.system,
         kernel: store_string(&b.kernel, file, "kernel")?,
         initrd: b.initrd.as_deref().map(|p| store_string(p, file, "initrd")).transpose()?,
         kernel_params: b.kernel_params,
@@ -121,7 +124,8 @@ pub fn efi_copy_name(store_file: &str) -> String {
 }
 
 /// The name install-grub.pl copies a store file to under `/boot/kernels/` when /boot is
-/// not on the store's filesystem: the path without `/nix/store/`, slashes made dashes.
+/// not on the store's filesystem, and extlinux-conf-builder.sh's `cleanName` under
+/// `/boot/nixos/`: the path without `/nix/store/`, slashes made dashes.
 pub fn grub_copy_name(store_file: &str) -> String {
     store_file.strip_prefix("/nix/store/").unwrap_or(store_file).replace('/', "-")
 }
