@@ -11,11 +11,9 @@
 mod common;
 use common::*;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -89,35 +87,7 @@ fn boot_until(image: &Path, format: &str, fw: Firmware, want: &str) -> String {
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display()));
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("run qemu-system-x86_64");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            if tx.send(String::from_utf8_lossy(&line).replace('\r', "")).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let mut log = String::new();
-    let found = loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                log.push_str(&line);
-                log.push('\n');
-                if line.contains(want) {
-                    break true;
-                }
-            }
-            Err(_) => break false,
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(found, "no '{want}' on the serial console of {}:\n{log}", image.display());
-    log
+    qemu_until(cmd, want, image)
 }
 
 /// The kernel command line the guest printed.

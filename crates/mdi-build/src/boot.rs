@@ -535,7 +535,8 @@ fn install_extlinux(spec: &Spec, tree: &mut Tree, time: i64, entry: &BootEntry) 
     // nixos-version as the builder reads it (`$(cat …)` drops trailing newlines).
     let version_file = store_file(spec, &format!("{}/nixos-version", entry.toplevel));
     let version = std::fs::read_to_string(&version_file).map(|v| v.trim_end_matches('\n').to_string());
-    let conf = extlinux_conf(spec, entry, &kernel, initrd.as_deref(), dtbs.as_deref(), version.as_deref().unwrap_or(""), time);
+    let conf =
+        extlinux_conf(spec, entry, &kernel, initrd.as_deref(), dtbs.as_deref(), version.as_deref().unwrap_or(""), time);
     put_text(tree, "/boot/extlinux/extlinux.conf", conf, time)?;
     Ok(Installed { loader: Loader::Extlinux, bios: None, efi_entry: None })
 }
@@ -564,10 +565,9 @@ fn extlinux_conf(
     let (y, mo, d) = Timestamp::from_secs(time).civil_date();
     let secs_of_day = time.rem_euclid(86_400);
     let stamp = format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}", secs_of_day / 3600, secs_of_day % 3600 / 60);
-    for (tag, menu) in [
-        ("default", "NixOS - Default".to_string()),
-        ("1", format!("NixOS - Configuration 1 ({stamp} - {version})")),
-    ] {
+    for (tag, menu) in
+        [("default", "NixOS - Default".to_string()), ("1", format!("NixOS - Configuration 1 ({stamp} - {version})"))]
+    {
         s += &format!("\nLABEL nixos-{tag}\n  MENU LABEL {menu}\n  LINUX {kernel}\n");
         if let Some(i) = initrd {
             s += &format!("  INITRD {i}\n");

@@ -468,7 +468,8 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         "sourceDateEpoch": sde,
         "spec": spec,
     });
-    let efi_vars = if spec.touch_efi_vars { Some(boot::efi_vars(spec, &plan, installed.as_ref(), arch)?) } else { None };
+    let efi_vars =
+        if spec.touch_efi_vars { Some(boot::efi_vars(spec, &plan, installed.as_ref(), arch)?) } else { None };
     let write_small = |name: &str, bytes: &[u8]| -> Result<()> {
         let p = out_dir.join(name);
         if let Some(parent) = p.parent() {

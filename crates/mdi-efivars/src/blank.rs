@@ -50,9 +50,9 @@ pub fn format_arm_virt(len: usize) -> Result<Vec<u8>> {
     put_u16(fv, 0x34, 0); // ExtHeaderOffset
     fv[0x36] = 0; // Reserved
     fv[0x37] = 2; // Revision
-    // Block map as ArmVirtQemu's flash driver writes it (NorFlashDxe,
-    // InitializeFvAndVariableStoreHeaders): the volume in flash blocks of 256 KiB, then the
-    // terminator. (Debian's enrolled file claims the whole 64 MiB bank here.)
+                  // Block map as ArmVirtQemu's flash driver writes it (NorFlashDxe,
+                  // InitializeFvAndVariableStoreHeaders): the volume in flash blocks of 256 KiB, then the
+                  // terminator. (Debian's enrolled file claims the whole 64 MiB bank here.)
     put_u32(fv, 0x38, 3);
     put_u32(fv, 0x3c, AREA as u32);
     put_u64(fv, 0x40, 0);

@@ -388,6 +388,12 @@ fn build_corpus(preset: &str) -> Option<PathBuf> {
 /// in `CARGO_TARGET_TMPDIR/<name>`, or None after saying why it cannot be built here.
 /// `tools` are the other programs the caller needs; `who` names the caller in SKIP lines.
 pub fn boot_system(name: &str, tools: &[&str], who: &str) -> Option<PathBuf> {
+    boot_system_for("x86_64", name, tools, who)
+}
+
+/// [`boot_system`] for another architecture (`aarch64`: Debian's arm64 packages, fetched
+/// with apt-get download and unpacked, never installed).
+pub fn boot_system_for(arch: &str, name: &str, tools: &[&str], who: &str) -> Option<PathBuf> {
     if !is_root() {
         skip(format_args!("{who}: needs root (the Nix chroot store's sandbox); CI runs as root"));
         return None;
@@ -400,7 +406,45 @@ pub fn boot_system(name: &str, tools: &[&str], who: &str) -> Option<PathBuf> {
     }
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/boot/make-boot-system.sh");
-    let o = Command::new(&script).arg(&out).output().expect("run make-boot-system.sh");
+    let o = Command::new(&script).arg(&out).arg(arch).output().expect("run make-boot-system.sh");
     assert!(o.status.success(), "make-boot-system.sh failed:\n{}", String::from_utf8_lossy(&o.stderr));
     Some(out)
+}
+
+/// Runs QEMU (`cmd`, with `-serial stdio`) until its serial console shows `want`, then stops
+/// it; returns the console output. Panics with the output on a 240 s timeout or when the
+/// guest stops without printing it. `image` names the disk in the message.
+pub fn qemu_until(mut cmd: Command, want: &str, image: &Path) -> String {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("run qemu-system");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            if tx.send(String::from_utf8_lossy(&line).replace('\r', "")).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut log = String::new();
+    let found = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains(want) {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no '{want}' on the serial console of {}:\n{log}", image.display());
+    log
 }
