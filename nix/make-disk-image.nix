@@ -163,10 +163,17 @@ let
   # from config.systemd.package (what bootctl installs). GRUB: the package NixOS' grub
   # module uses (config.system.build.grub: pkgs.grub2, built with ZFS support when
   # boot.loader.grub.zfsSupport; null for devices = [ "nodev" ]) for the i386-pc modules,
-  # and its efiSupport build for the x86_64-efi ones.
+  # and its efiSupport build for the target's EFI modules (x86_64-efi, i386-efi with
+  # forcei686, arm64-efi, riscv64-efi). grub-mkimage runs on the build machine: when the
+  # target is another architecture it comes from pkgs.buildPackages (it writes images for
+  # any target from that target's module folder). generic-extlinux-compatible writes
+  # /boot/extlinux/extlinux.conf for U-Boot.
   loader = config.boot.loader or { };
   enabled = n: (loader.${n}.enable or false) == true;
   efiArch = pkgs.stdenv.hostPlatform.efiArch or "x64";
+  hostSystem = pkgs.stdenv.hostPlatform.system or null;
+  buildSystem = pkgs.stdenv.buildPlatform.system or hostSystem;
+  cross = hostSystem != null && buildSystem != hostSystem;
   grub = loader.grub or { };
   needBios = builtins.elem partitionTableType [
     "legacy"
@@ -191,19 +198,31 @@ let
   grubBios =
     if (config.system.build.grub or null) != null then config.system.build.grub else realGrub;
   grubEfi = realGrub.override { efiSupport = true; };
+  grubEfiTarget =
+    if grub.forcei686 or false then
+      "i386-efi"
+    else
+      {
+        "x86_64-linux" = "x86_64-efi";
+        "i686-linux" = "i386-efi";
+        "aarch64-linux" = "arm64-efi";
+        "riscv64-linux" = "riscv64-efi";
+      }
+      .${if hostSystem == null then "x86_64-linux" else hostSystem} or "x86_64-efi";
+  grubMkimageFrom =
+    if cross then pkgs.buildPackages.grub2 else if needBios then grubBios else grubEfi;
   grubModules =
     if needBios && needEfi then
       # Both platforms come from two builds: one folder holding both module folders.
       "${pkgs.runCommand "grub-modules" { } ''
         mkdir -p $out
         ln -s ${grubBios}/lib/grub/i386-pc $out/i386-pc
-        ln -s ${grubEfi}/lib/grub/x86_64-efi $out/x86_64-efi
+        ln -s ${grubEfi}/lib/grub/${grubEfiTarget} $out/${grubEfiTarget}
       ''}"
     else
       "${if needBios then grubBios else grubEfi}/lib/grub";
   unsupported = builtins.filter enabled [
     "limine"
-    "generic-extlinux-compatible"
     "refind"
   ];
   bootLoaderKeys =
@@ -220,10 +239,15 @@ let
         installBootLoader = true;
         bootLoader = "grub";
         grub = grubModules;
-        grubMkimage = "${if needBios then grubBios else grubEfi}/bin/grub-mkimage";
+        grubMkimage = "${grubMkimageFrom}/bin/grub-mkimage";
+      }
+    else if enabled "generic-extlinux-compatible" then
+      {
+        installBootLoader = true;
+        bootLoader = "extlinux";
       }
     else if unsupported != [ ] then
-      throw "make-disk-image: boot.loader.${builtins.head unsupported} cannot be installed without a VM; use systemd-boot or GRUB, or installBootLoader = false"
+      throw "make-disk-image: boot.loader.${builtins.head unsupported} cannot be installed without a VM; use systemd-boot, GRUB or generic-extlinux-compatible, or installBootLoader = false"
     else
       # No boot loader enabled: NixOS would install none either.
       { installBootLoader = false; };
@@ -257,6 +281,8 @@ let
     # VM with both disks does not see two filesystems with one UUID.
     // optAttrs (rootFSUID != null && (!onlyNixStore || args ? rootFSUID)) { inherit rootFSUID; }
     // optAttrs (!onlyNixStore) { system = "${toplevel}"; }
+    # The target's architecture, which the program checks against the system's bootspec.
+    // optAttrs (!onlyNixStore && hostSystem != null) { targetSystem = hostSystem; }
     // optAttrs (configFile != null) { configFile = "${configFile}"; }
     // optAttrs (copyChannel && !onlyNixStore) {
       copyChannel = true;

@@ -36,6 +36,10 @@ PREF
 if [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   setup_qemu_backports
+  # The aarch64 boot tests unpack Debian's arm64 kernel, busybox, systemd-boot and GRUB
+  # modules (apt-get download + dpkg-deb -x; nothing arm64 is installed), so apt must know
+  # the architecture.
+  dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
   apt-get update -qq
   # e2fsprogs: e2fsck, debugfs, dumpe2fs; attr/acl: getfattr, getfacl; util-linux:
   # mount, losetup, blkid; fdisk: sfdisk; gdisk: sgdisk; dosfstools: fsck.fat; mtools:
@@ -45,12 +49,14 @@ if [ "$(id -u)" = 0 ]; then
   # busybox-static + cpio (the stand-in system), python3-pip (virt-fw-vars from PyPI's
   # virt-firmware). Other root filesystems: btrfs-progs xfsprogs erofs-utils squashfs-tools
   # fakeroot. faketime: the reproducibility matrix builds under another wall clock.
+  # aarch64 boots: qemu-system-arm with AAVMF (qemu-efi-aarch64) and U-Boot (u-boot-qemu).
   apt-get install -y -qq --no-install-recommends \
     e2fsprogs attr acl util-linux mount fdisk gdisk dosfstools mtools qemu-utils sqlite3 \
     nix-bin jq ca-certificates file xz-utils zstd \
     grub-pc-bin grub-efi-amd64-bin grub-common systemd-boot-efi ovmf qemu-system-x86 \
     linux-image-cloud-amd64 busybox-static cpio python3-pip \
-    btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot faketime >/dev/null
+    btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot faketime \
+    qemu-system-arm qemu-efi-aarch64 u-boot-qemu >/dev/null
   # Nothing may be left half-installed or held back.
   dpkg --audit >&2 && [ -z "$(dpkg --audit)" ] || { echo "dpkg --audit reports broken packages" >&2; exit 1; }
   if ! command -v virt-fw-vars >/dev/null; then

@@ -547,7 +547,7 @@ fn nixpkgs_assertions_fire_with_nixpkgs_messages() {
             "In a only Nix store image, the contents must be empty, no configuration must be provided and no bootloader should be installed.",
         ),
         ("bad.userWithoutGroup", "Contents of the disk image should set none of {user, group} or both at the same time."),
-        ("limine", "make-disk-image: boot.loader.limine cannot be installed without a VM; use systemd-boot or GRUB"),
+        ("limine", "make-disk-image: boot.loader.limine cannot be installed without a VM; use systemd-boot, GRUB or generic-extlinux-compatible"),
     ];
     for (attr, msg) in cases {
         let o = store.run("nix-instantiate", &store.eval_args(attr));
