@@ -27,7 +27,7 @@ MDI="$REPO/target/release/make-disk-image"
 mkdir -p "$WORK"
 CORPUS="$WORK/corpus-$PRESET"
 extra=(); [ "$PRESET" = large ] && extra=(--no-huge-sparse)
-"$REPO/../shared/corpus/make-store-corpus" --cache "$WORK/debs" "${extra[@]}" "$CORPUS" "$PRESET" >/dev/null
+"$REPO/scripts/make-store-corpus" --cache "$WORK/debs" "${extra[@]}" "$CORPUS" "$PRESET" >/dev/null
 SCRATCH=$(mktemp -d "$WORK/qcow2-bench.XXXXXX")
 trap 'rm -rf "$SCRATCH"' EXIT
 common=(--closure-info "$CORPUS/closure-info" --store-root "$CORPUS/root" --only-nix-store true --partition-table-type none)

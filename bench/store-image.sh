@@ -67,11 +67,11 @@ fi
 # ---------------------------------------------------------------------------------------
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$SCRIPT_DIR/.." && pwd)"
-GEN="$REPO/../shared/corpus/make-store-corpus"
+GEN="$REPO/scripts/make-store-corpus"
 MDI="$REPO/target/release/make-disk-image"
 GNU_TIME=/usr/bin/time
 
-[ -x "$GEN" ] || die "corpus generator not found at $GEN (expected ../shared/corpus/make-store-corpus next to the repository)"
+[ -x "$GEN" ] || die "corpus generator not found at $GEN (scripts/make-store-corpus in the repository)"
 
 missing=()
 if ! { [ -x "$GNU_TIME" ] && "$GNU_TIME" --version 2>&1 | grep -q 'GNU'; }; then missing+=(time); fi

@@ -348,7 +348,8 @@ pub fn compare_xattrs(src: &Path, img: &Path) {
     assert_eq!(acl(src), acl(img), "getfacl output differs");
 }
 
-/// The Nix store corpus (../shared/corpus), built once per test binary with real Nix.
+/// The Nix store corpus (scripts/make-store-corpus, docs/corpus.md), built once per test
+/// binary with real Nix; `MDI_CORPUS_DIR` names a folder to keep it (and the .deb cache) in.
 /// Returns None (after saying why) where it cannot be built.
 pub fn corpus(preset: &str) -> Option<PathBuf> {
     static DIRS: OnceLock<std::sync::Mutex<BTreeMap<String, Option<PathBuf>>>> = OnceLock::new();
@@ -368,7 +369,7 @@ fn build_corpus(preset: &str) -> Option<PathBuf> {
         return None;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let script = repo.join("../shared/corpus/make-store-corpus");
+    let script = repo.join("scripts/make-store-corpus");
     let base = std::env::var_os("MDI_CORPUS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("corpus"));
