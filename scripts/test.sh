@@ -57,6 +57,9 @@ if [ "$(id -u)" = 0 ]; then
     linux-image-cloud-amd64 busybox-static cpio python3-pip \
     btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot faketime \
     qemu-system-arm qemu-efi-aarch64 u-boot-qemu >/dev/null
+  # The Nix function tests mount a throw-away store over /nix in a private mount
+  # namespace; Debian's nix-bin does not make the mount point (nix-setup-systemd would).
+  mkdir -p /nix
   # Nothing may be left half-installed or held back.
   dpkg --audit >&2 && [ -z "$(dpkg --audit)" ] || { echo "dpkg --audit reports broken packages" >&2; exit 1; }
   if ! command -v virt-fw-vars >/dev/null; then
