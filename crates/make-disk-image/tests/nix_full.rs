@@ -358,3 +358,35 @@ fn closure_info_from_nix_store_queries() {
     e2fsck_clean(&t.path().join("a/nixos.img"));
     assert!(a == b, "the image from the nix-store recipe differs from the one from closureInfo");
 }
+
+/// A store-only image gets no boot loader even when the system is named (nixpkgs asserts
+/// onlyNixStore → no boot loader), and inputs it cannot hold are refused by name.
+#[test]
+fn store_only_image_takes_no_boot_loader_and_refuses_other_roots() {
+    let Some(corpus) = corpus("tiny") else { return };
+    let t = tempfile::tempdir().unwrap();
+    let top = fs::read_to_string(corpus.join("closure-info/toplevel")).unwrap();
+    let (ci, root, out) = (corpus.join("closure-info"), corpus.join("root"), t.path().join("out"));
+    let args = [
+        os("--closure-info"),
+        ci.as_os_str(),
+        os("--store-root"),
+        root.as_os_str(),
+        os("--only-nix-store"),
+        os("true"),
+        os("--system"),
+        os(top.trim()),
+        os("--partition-table-type"),
+        os("none"),
+        os("-o"),
+        out.as_os_str(),
+    ];
+    build(&args);
+    let img = out.join("nixos.img");
+    let ls = tool_in(t.path(), "debugfs", &["-R", "ls -p /", img.to_str().unwrap()]);
+    assert!(!ls.contains("/boot/"), "a store-only image holds /boot:\n{ls}");
+    let mut with_root_dir = args.to_vec();
+    with_root_dir.extend([os("--root-dir"), t.path().as_os_str()]);
+    let err = build_fails(&with_root_dir);
+    assert!(err.contains("rootDir") && err.contains("onlyNixStore"), "{err}");
+}

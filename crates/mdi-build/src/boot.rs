@@ -91,7 +91,8 @@ pub struct Installed {
 
 /// The loader the spec asks for, or None when none is installed.
 pub fn wanted(spec: &Spec, arch: Arch) -> Result<Option<Loader>> {
-    let install = spec.install_boot_loader.unwrap_or(spec.system.is_some());
+    // A store-only image holds no /boot (nixpkgs asserts the same), even with a system.
+    let install = spec.install_boot_loader.unwrap_or(spec.system.is_some() && !spec.only_nix_store);
     if !install {
         return Ok(None);
     }

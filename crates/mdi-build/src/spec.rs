@@ -403,6 +403,19 @@ impl Spec {
                     what: "onlyNixStore needs closureInfo (a folder with store-paths and registration)".into(),
                 });
             }
+            // Inputs a store-only image cannot hold are refused, not dropped.
+            if self.root_dir.is_some() {
+                return Err(SpecError::BadValue {
+                    key: "rootDir".into(),
+                    what: "onlyNixStore images hold only the store; remove rootDir or set onlyNixStore = false".into(),
+                });
+            }
+            if self.channel.is_some() && self.copy_channel != Some(false) {
+                return Err(SpecError::BadValue {
+                    key: "channel".into(),
+                    what: "onlyNixStore images have no root profile for a channel; remove channel (or set copyChannel = false) or set onlyNixStore = false".into(),
+                });
+            }
         }
         if self.touch_efi_vars
             && !["hybrid", "efi", "efixbootldr", "legacy+gpt"].contains(&self.partition_table_type.as_str())
