@@ -39,6 +39,15 @@ const LAYOUTS: &[(&str, &[&str])] = &[
     ("hybrid", &["none", "grub", "systemd-boot"]),
 ];
 
+/// aarch64 (the stand-in of tests/boot_aarch64.rs): the layouts an aarch64 machine boots
+/// and their loaders (GRUB arm64-efi, systemd-bootaa64.efi, extlinux for U-Boot).
+const AARCH64_LAYOUTS: &[(&str, &[&str])] = &[
+    ("none", &["none"]),
+    ("legacy", &["extlinux"]),
+    ("efi", &["grub", "systemd-boot", "extlinux"]),
+    ("efixbootldr", &["systemd-boot"]),
+];
+
 /// The changes of docs/design.md §5 that a build can be subjected to.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Change {
@@ -70,6 +79,10 @@ struct Inputs {
     work: PathBuf,
     /// The binary, copied where any user can run it.
     bin: PathBuf,
+    /// Arguments every build gets: the target's loader files (aarch64).
+    extra: Vec<String>,
+    /// Boot partitions that hold a 27 MB kernel (aarch64's is not compressed).
+    big_kernel: bool,
 }
 
 /// Copies `src` to `dst` creating entries in sorted or reverse-sorted order, keeping
@@ -101,42 +114,61 @@ fn copy_ordered(src: &Path, dst: &Path, reverse: bool) {
 
 fn inputs() -> Option<&'static Inputs> {
     static IN: OnceLock<Option<Inputs>> = OnceLock::new();
-    IN.get_or_init(|| {
-        let sys = boot_system("repro-system", &["grub-mkimage", "faketime", "setpriv"], "reproducibility matrix")?;
-        // Under /tmp: every parent folder is searchable by an unprivileged user (the
-        // checkout may be below a private home). A fixed name, emptied first, so runs do
-        // not pile up.
-        let work = PathBuf::from("/tmp/mdi-reproducible-test");
-        let _ = fs::remove_dir_all(&work);
-        fs::create_dir(&work).unwrap();
-        fs::set_permissions(&work, fs::Permissions::from_mode(0o777)).unwrap();
-        let (forward, reverse) = (work.join("store-a"), work.join("inputs-b/store"));
-        fs::create_dir(work.join("inputs-b")).unwrap();
-        copy_ordered(
-            &sys.join("root/nix"),
-            &{
-                fs::create_dir(&forward).unwrap();
-                forward.join("nix")
-            },
-            false,
-        );
-        copy_ordered(
-            &sys.join("root/nix"),
-            &{
-                fs::create_dir(&reverse).unwrap();
-                reverse.join("nix")
-            },
-            true,
-        );
-        let closure_info = work.join("closure-info");
-        copy_ordered(&sys.join("closure-info"), &closure_info, false);
-        let copy = work.join("make-disk-image");
-        fs::copy(bin(), &copy).unwrap();
-        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
-        let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap().trim().to_string();
-        Some(Inputs { forward, reverse, closure_info, toplevel, work, bin: copy })
-    })
-    .as_ref()
+    IN.get_or_init(|| make_inputs("x86_64")).as_ref()
+}
+
+fn inputs_aarch64() -> Option<&'static Inputs> {
+    static IN: OnceLock<Option<Inputs>> = OnceLock::new();
+    IN.get_or_init(|| make_inputs("aarch64")).as_ref()
+}
+
+fn make_inputs(arch: &str) -> Option<Inputs> {
+    let tools: &[&str] = if arch == "x86_64" {
+        &["grub-mkimage", "faketime", "setpriv"]
+    } else {
+        &["grub-mkimage", "faketime", "setpriv", "dpkg-deb", "apt-get"]
+    };
+    let sys = boot_system_for(arch, &format!("repro-system-{arch}"), tools, "reproducibility matrix")?;
+    // Under /tmp: every parent folder is searchable by an unprivileged user (the
+    // checkout may be below a private home). A fixed name, emptied first, so runs do
+    // not pile up.
+    let work = PathBuf::from(format!("/tmp/mdi-reproducible-test-{arch}"));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir(&work).unwrap();
+    fs::set_permissions(&work, fs::Permissions::from_mode(0o777)).unwrap();
+    let (forward, reverse) = (work.join("store-a"), work.join("inputs-b/store"));
+    fs::create_dir(work.join("inputs-b")).unwrap();
+    copy_ordered(
+        &sys.join("root/nix"),
+        &{
+            fs::create_dir(&forward).unwrap();
+            forward.join("nix")
+        },
+        false,
+    );
+    copy_ordered(
+        &sys.join("root/nix"),
+        &{
+            fs::create_dir(&reverse).unwrap();
+            reverse.join("nix")
+        },
+        true,
+    );
+    let closure_info = work.join("closure-info");
+    copy_ordered(&sys.join("closure-info"), &closure_info, false);
+    let copy = work.join("make-disk-image");
+    fs::copy(bin(), &copy).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap().trim().to_string();
+    let mut extra = Vec::new();
+    if arch == "aarch64" {
+        let (sd, grub) = (work.join("systemd-bootaa64.efi"), work.join("grub"));
+        copy_ordered(&sys.join("arm64/usr/lib/systemd/boot/efi/systemd-bootaa64.efi"), &sd, false);
+        copy_ordered(&sys.join("arm64/usr/lib/grub"), &grub, false);
+        extra = ["--systemd-boot", sd.to_str().unwrap(), "--grub", grub.to_str().unwrap()].map(String::from).to_vec();
+    }
+    let big_kernel = arch == "aarch64";
+    Some(Inputs { forward, reverse, closure_info, toplevel, work, bin: copy, extra, big_kernel })
 }
 
 /// One build; returns (sha256 of the image by sha256sum, efi-vars.fd bytes).
@@ -178,11 +210,13 @@ fn build_one(
         "-o".into(),
         out.display().to_string(),
     ];
+    let (xbootldr, boot) = if inp.big_kernel { ("140M", "64M") } else { ("120M", "32M") };
     if ptt == "efixbootldr" {
-        args.extend(["--boot-size".into(), "120M".into()]);
+        args.extend(["--boot-size".into(), xbootldr.into()]);
     } else if ptt != "none" && ptt != "legacy" && ptt != "legacy+gpt" {
-        args.extend(["--boot-size".into(), "32M".into()]);
+        args.extend(["--boot-size".into(), boot.into()]);
     }
+    args.extend(inp.extra.iter().cloned());
     match loader {
         "none" => args.extend(["--install-boot-loader".into(), "false".into()]),
         l => args.extend(["--boot-loader".into(), l.into()]),
@@ -244,6 +278,26 @@ fn every_layout_format_and_loader_is_reproducible() {
         }
     }
     eprintln!("{n} combinations reproducible");
+}
+
+/// The same matrix for aarch64 images (UEFI with GRUB and systemd-boot, U-Boot with
+/// extlinux), built on this x86_64 machine.
+#[test]
+fn aarch64_layouts_formats_and_loaders_are_reproducible() {
+    let Some(inp) = inputs_aarch64() else { return };
+    let mut n = 0;
+    for (ptt, loaders) in AARCH64_LAYOUTS {
+        for loader in *loaders {
+            for (format, ext) in FORMATS {
+                let tag = format!("aa64-{ptt}-{loader}-{format}");
+                let base = build_one(inp, ptt, loader, format, ext, &[], &tag);
+                let changed = build_one(inp, ptt, loader, format, ext, ALL, &tag);
+                assert!(base == changed, "aarch64 {ptt} / {loader} / {format}: the bytes change under {ALL:?}");
+                n += 1;
+            }
+        }
+    }
+    eprintln!("{n} aarch64 combinations reproducible");
 }
 
 #[test]
