@@ -241,6 +241,7 @@ let
         grub = grubModules;
         grubMkimage = "${grubMkimageFrom}/bin/grub-mkimage";
       }
+      // optAttrs (grub.forcei686 or false) { grubForceI686 = true; }
     else if enabled "generic-extlinux-compatible" then
       {
         installBootLoader = true;

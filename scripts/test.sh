@@ -53,7 +53,7 @@ if [ "$(id -u)" = 0 ]; then
   apt-get install -y -qq --no-install-recommends \
     e2fsprogs attr acl util-linux mount fdisk gdisk dosfstools mtools qemu-utils sqlite3 \
     nix-bin jq ca-certificates file xz-utils zstd \
-    grub-pc-bin grub-efi-amd64-bin grub-common systemd-boot-efi ovmf qemu-system-x86 \
+    grub-pc-bin grub-efi-amd64-bin grub-efi-ia32-bin grub-common systemd-boot-efi ovmf qemu-system-x86 \
     linux-image-cloud-amd64 busybox-static cpio python3-pip \
     btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot faketime \
     qemu-system-arm qemu-efi-aarch64 u-boot-qemu >/dev/null

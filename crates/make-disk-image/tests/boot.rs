@@ -373,3 +373,35 @@ fn boot_loader_errors_are_clear() {
     ]);
     assert!(err.contains("bootspec") && err.contains("installBootLoader = false"), "{err}");
 }
+
+/// NixOS' `boot.loader.grub.forcei686` (32-bit UEFI firmware on an x86_64 machine): the
+/// hybrid image's ESP holds GRUB for i386-efi as BOOTIA32.EFI (no BOOTX64.EFI), and the
+/// BIOS side boots.
+#[test]
+fn grub_force_i686_hybrid() {
+    let Some(sys) = system() else { return };
+    if !Path::new("/usr/lib/grub/i386-efi/moddep.lst").exists() {
+        skip(format_args!("grub_force_i686_hybrid: no /usr/lib/grub/i386-efi (apt-get install grub-efi-ia32-bin)"));
+        return;
+    }
+    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (out, marker) = build_image(
+        sys,
+        &t.path().join("i686"),
+        &["--partition-table-type", "hybrid", "--boot-loader", "grub", "--grub-force-i686", "true"],
+    );
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["efiLoader"], "\\EFI\\BOOT\\BOOTIA32.EFI");
+    let img = out.join("nixos.img");
+    let esp = format!("{}@@{}", img.display(), m["partitions"][0]["start"].as_u64().unwrap());
+    let loader = t.path().join("BOOTIA32.EFI");
+    let o = Command::new("mcopy").args(["-i", &esp, "::/EFI/BOOT/BOOTIA32.EFI"]).arg(&loader).output().unwrap();
+    assert!(o.status.success(), "mcopy: {}", String::from_utf8_lossy(&o.stderr));
+    let kind = Command::new("file").arg("-b").arg(&loader).output().unwrap();
+    let kind = String::from_utf8_lossy(&kind.stdout);
+    assert!(kind.contains("EFI application") && kind.contains("80386"), "{kind}");
+    let o = Command::new("mdir").args(["-b", "-i", &esp, "::/EFI/BOOT"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("X64"), "a BOOTX64.EFI beside BOOTIA32.EFI");
+    let log = boot(&img, "raw", Firmware::Bios, &marker);
+    check_cmdline(&log, sys);
+}

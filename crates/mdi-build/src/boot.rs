@@ -413,6 +413,12 @@ fn install_grub(
     let mut efi_entry = None;
     if matches!(ptt, "efi" | "efixbootldr" | "hybrid") {
         let (esp, _) = fat_mount(plan, "ESP").expect("EFI layouts have an ESP");
+        // forcei686: 32-bit UEFI firmware on an x86_64 machine runs only ia32 loaders.
+        let arch = match (spec.grub_force_i686, arch) {
+            (true, Arch::X86_64 | Arch::I686) => Arch::I686,
+            (true, other) => bail!("grubForceI686 is for x86 machines with 32-bit UEFI firmware, not {other}"),
+            (false, a) => a,
+        };
         let target = arch.grub_efi_target();
         let dir = grub.join(target);
         // all_video brings the PC video drivers on x86; elsewhere the firmware's GOP is all.

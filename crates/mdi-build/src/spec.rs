@@ -29,6 +29,7 @@ pub const KEYS: &[&str] = &[
     "systemdBoot",
     "grub",
     "grubMkimage",
+    "grubForceI686",
     "touchEFIVars",
     "efiVariables",
     "bootTimeout",
@@ -119,6 +120,10 @@ pub struct Spec {
     pub grub: Option<PathBuf>,
     #[serde(default)]
     pub grub_mkimage: Option<PathBuf>,
+    /// NixOS' `boot.loader.grub.forcei686`: GRUB for 32-bit UEFI firmware on an x86_64
+    /// machine (i386-efi, `BOOTIA32.EFI`).
+    #[serde(default, rename = "grubForceI686")]
+    pub grub_force_i686: bool,
     #[serde(default, rename = "touchEFIVars")]
     pub touch_efi_vars: bool,
     #[serde(default)]

@@ -1,4 +1,4 @@
-//! Images for another architecture, built on x86_64 without running any of its code: an
+//! Images for other architectures, built on x86_64 without running any of their code: an
 //! aarch64 stand-in system (Debian's arm64 cloud kernel and busybox, unpacked from their
 //! packages by tests/boot/make-boot-system.sh) boots under qemu-system-aarch64 (`virt`,
 //! Cortex-A57, TCG) with AAVMF through systemd-boot and GRUB, and with U-Boot through
@@ -271,6 +271,115 @@ fn aarch64_images_are_reproducible() {
             }
             let (x, y) = (fs::read(a.join(&f)).unwrap(), fs::read(b.join("out").join(&f)).unwrap());
             assert!(x == y, "{name}: {} differs between the two builds", f.to_string_lossy());
+        }
+    }
+}
+
+/// A chroot store holding a system for `nix_system` without Nix: a toplevel with boot.json,
+/// a kernel and an initrd (placeholders: these images are inspected, not booted), and a
+/// closureInfo naming the three paths. Returns (store root, closure-info, toplevel).
+fn hand_made_system(dir: &Path, nix_system: &str) -> (PathBuf, PathBuf, String) {
+    let root = dir.join("root");
+    let store = root.join("nix/store");
+    let h = |c: char| c.to_string().repeat(32);
+    let (top, linux, initrd) = (
+        format!("/nix/store/{}-nixos-system-{nix_system}", h('a')),
+        format!("/nix/store/{}-linux", h('b')),
+        format!("/nix/store/{}-initrd", h('c')),
+    );
+    for (p, file, bytes) in [(&linux, "Image", &b"kernel"[..]), (&initrd, "initrd", &b"initrd"[..])] {
+        fs::create_dir_all(root.join(p.trim_start_matches('/'))).unwrap();
+        fs::write(root.join(p.trim_start_matches('/')).join(file), bytes).unwrap();
+    }
+    let t = root.join(top.trim_start_matches('/'));
+    fs::create_dir_all(&t).unwrap();
+    fs::write(t.join("init"), "#!/bin/sh\n").unwrap();
+    let boot_json = serde_json::json!({"org.nixos.bootspec.v1": {
+        "system": nix_system, "kernel": format!("{linux}/Image"), "initrd": format!("{initrd}/initrd"),
+        "kernelParams": ["console=ttyS0"], "label": "NixOS stand-in", "toplevel": top, "init": format!("{top}/init")}});
+    fs::write(t.join("boot.json"), serde_json::to_vec_pretty(&boot_json).unwrap()).unwrap();
+    assert!(store.is_dir());
+    let ci = dir.join("closure-info");
+    fs::create_dir_all(&ci).unwrap();
+    let mut paths = [top.clone(), linux, initrd];
+    paths.sort();
+    fs::write(ci.join("store-paths"), paths.join("\n") + "\n").unwrap();
+    let reg: String = paths.iter().map(|p| format!("{p}\nsha256:{}\n8\n\n0\n", "0".repeat(52))).collect();
+    fs::write(ci.join("registration"), reg).unwrap();
+    (root, ci, top)
+}
+
+/// The smallest file our PE check reads as an EFI binary for `machine`.
+fn fake_pe(path: &Path, machine: u16) {
+    let mut b = vec![0u8; 0x100];
+    b[..2].copy_from_slice(b"MZ");
+    b[0x3C..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+    b[0x80..0x84].copy_from_slice(b"PE\0\0");
+    b[0x84..0x86].copy_from_slice(&machine.to_le_bytes());
+    fs::write(path, b).unwrap();
+}
+
+/// riscv64 and i686 systems (no boot here: the names are the point): the loader names,
+/// systemd-boot's binary name and the EFI variable-store default follow the bootspec's
+/// system.
+#[test]
+fn riscv64_and_i686_names() {
+    let t = tempfile::tempdir().unwrap();
+    for (system, efi, machine) in [("riscv64-linux", "riscv64", 0x5064u16), ("i686-linux", "ia32", 0x014c)] {
+        let dir = t.path().join(system);
+        let (root, ci, top) = hand_made_system(&dir, system);
+        let sd = dir.join(format!("systemd-boot{efi}.efi"));
+        fake_pe(&sd, machine);
+        let out = dir.join("out");
+        let base = [
+            os("--closure-info"),
+            ci.as_os_str(),
+            os("--store-root"),
+            root.as_os_str(),
+            os("--system"),
+            os(&top),
+            os("--partition-table-type"),
+            os("efi"),
+            os("--systemd-boot"),
+            sd.as_os_str(),
+            os("-o"),
+            out.as_os_str(),
+        ];
+        build(&base);
+        let m = manifest(&out);
+        assert_eq!(m["system"], system);
+        assert_eq!(m["efiLoader"].as_str().unwrap(), format!("\\EFI\\systemd\\systemd-boot{efi}.efi"));
+        let esp = format!("{}@@{}", out.join("nixos.img").display(), m["partitions"][0]["start"].as_u64().unwrap());
+        let o = Command::new("mdir")
+            .args(["-b", "-i", &esp, "::/EFI/BOOT"])
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&o.stdout);
+        assert!(listing.contains(&format!("BOOT{}.EFI", efi.to_uppercase())), "{listing}");
+        // inspect reads the image like any other.
+        let o = Command::new(bin())
+            .arg("inspect")
+            .arg(out.join("nixos.img"))
+            .arg("--ls")
+            .arg("1:/EFI/BOOT")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success() && text.contains(&format!("BOOT{}.EFI", efi.to_uppercase())), "{text}");
+        if system == "riscv64-linux" {
+            // Debian 12 has no riscv64 firmware: touchEFIVars needs a template named.
+            let mut args = base.to_vec();
+            args.extend([os("--touch-efi-vars"), os("true")]);
+            let err = build_fails(&args);
+            assert!(err.contains("efiVariables") && err.contains("riscv64-linux"), "{err}");
+            // An x64 binary for a riscv64 system.
+            let x64 = dir.join("x64.efi");
+            fake_pe(&x64, 0x8664);
+            let mut args = base.to_vec();
+            args.extend([os("--systemd-boot"), x64.as_os_str()]);
+            let err = build_fails(&args);
+            assert!(err.contains("x86_64 (x64)") && err.contains("riscv64"), "{err}");
         }
     }
 }
