@@ -469,6 +469,8 @@ fn spec_keys_for_each_boot_loader_and_user() {
         "systemdBoot",
         "grub",
         "grubMkimage",
+        "grubForceI686",
+        "targetSystem",
         "touchEFIVars",
         "efiVariables",
         "bootTimeout",
@@ -763,4 +765,41 @@ fn grub_hybrid_image_through_the_function() {
     assert_eq!((&efi[pe..pe + 4], u16::from_le_bytes([efi[pe + 4], efi[pe + 5]])), (&b"PE\0\0"[..], 0x8664));
     let early = format!("search --no-floppy --fs-uuid --set=root {serial}");
     assert!(efi.windows(early.len()).any(|w| w == early.as_bytes()), "no '{early}' in BOOTX64.EFI");
+}
+
+/// An aarch64 configuration through the function on this x86_64 machine (a cross build,
+/// stand-in pkgs whose hostPlatform is aarch64): the spec names the target's loader files,
+/// GRUB's arm64-efi modules with the build machine's grub-mkimage, and extlinux for
+/// generic-extlinux-compatible; the extlinux image builds and holds NixOS' extlinux.conf.
+#[test]
+fn aarch64_configuration_cross_built() {
+    let test = "aarch64_configuration_cross_built";
+    let Some(store) = NixStore::new(test) else { return };
+    let specs = store.eval("specs");
+    let expect = store.eval("expect");
+    let sd = &specs["aarch64SystemdBoot"];
+    assert_eq!((sd["bootLoader"].as_str(), sd["targetSystem"].as_str()), (Some("systemd-boot"), Some("aarch64-linux")));
+    assert_eq!(sd["systemdBoot"], expect["systemdBootAarch64"]);
+    let g = &specs["aarch64Grub"];
+    assert_eq!(g["grub"], format!("{}/lib/grub", expect["grubAarch64"].as_str().unwrap()));
+    // grub-mkimage runs on the build machine: buildPackages' GRUB, not the target's.
+    assert_eq!(g["grubMkimage"], format!("{}/bin/grub-mkimage", expect["grub"].as_str().unwrap()));
+    let e = &specs["aarch64Extlinux"];
+    assert_eq!((e["bootLoader"].as_str(), e["bootTimeout"].as_u64()), (Some("extlinux"), Some(2)));
+
+    let out = store.build("fullAarch64Extlinux");
+    let manifest = check_out(&store, &out, "nixos.img", &[]);
+    assert_eq!(
+        (manifest["system"].as_str(), manifest["bootLoader"].as_str()),
+        (Some("aarch64-linux"), Some("extlinux"))
+    );
+    let img = store.host(&out).join("nixos.img");
+    let esp = fs_labelled(&manifest, "ESP")["offset"].as_u64().unwrap();
+    let conf = String::from_utf8(mtype(&img, esp, "/extlinux/extlinux.conf")).unwrap();
+    let top = expect["toplevelAarch64"].as_str().unwrap();
+    let kernel = expect["kernelAarch64"].as_str().unwrap().trim_start_matches("/nix/store/").to_string() + "-Image";
+    assert!(conf.contains("DEFAULT nixos-default\n") && conf.contains("TIMEOUT 20\n"), "{conf}");
+    assert!(conf.contains(&format!("  LINUX ../nixos/{kernel}\n")), "{conf}");
+    assert!(conf.contains(&format!("  APPEND init={top}/init console=ttyAMA0\n")), "{conf}");
+    assert!(mtype(&img, esp, &format!("/nixos/{kernel}")).len() == 70000, "the kernel copied to /boot/nixos");
 }

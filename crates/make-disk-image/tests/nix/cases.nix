@@ -126,6 +126,28 @@ rec {
         ];
       }).spec;
     storeOnly = storeOnly.spec;
+    aarch64SystemdBoot =
+      (mdi {
+        pkgs = s.pkgsAarch64;
+        config = s.configAarch64;
+        partitionTableType = "efi";
+      }).spec;
+    aarch64Grub =
+      (mdi {
+        pkgs = s.pkgsAarch64;
+        config = s.configAarch64Grub;
+        partitionTableType = "efi";
+      }).spec;
+    aarch64Extlinux = fullAarch64Extlinux.spec;
+  };
+  # An aarch64 configuration's image built here (a cross build): extlinux needs no
+  # loader binary, so the stand-in packages suffice to build it.
+  fullAarch64Extlinux = mdi {
+    pkgs = s.pkgsAarch64;
+    config = s.configAarch64Extlinux;
+    partitionTableType = "efi";
+    additionalSpace = "16M";
+    bootSize = "64M";
   };
   expect = {
     systemdBoot = "${s.systemdPkg}/lib/systemd/boot/efi/systemd-bootx64.efi";
@@ -138,6 +160,10 @@ rec {
     kernel = "${s.kernel}";
     initrd = "${s.initrd}";
     toplevel = "${s.toplevel}";
+    toplevelAarch64 = "${s.toplevelAarch64}";
+    kernelAarch64 = "${s.kernelAarch64}";
+    systemdBootAarch64 = "${s.systemdPkgAarch64}/lib/systemd/boot/efi/systemd-bootaa64.efi";
+    grubAarch64 = "${s.grub2Aarch64Efi}";
     extra = "${s.extra}";
   };
 

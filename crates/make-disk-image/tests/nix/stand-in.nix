@@ -131,6 +131,34 @@ rec {
     echo "an additional path" >$out/data
   '' { };
 
+  # An aarch64 system, for cross builds: the image derivation runs on this (build) machine
+  # with the host's program; only the bootspec and the loader packages are aarch64's.
+  kernelAarch64 = mk "linux-6.6-aarch64-stand-in" ''
+    mkdir $out
+    head -c 70000 /dev/zero | tr '\0' 'a' >$out/Image
+  '' { };
+  toplevelAarch64 = mk "nixos-system-aarch64-standin-25.05" ''
+    mkdir -p $out
+    printf '#!%s/bin/greet\n' "$greeter" >$out/init
+    chmod 0755 $out/init
+    ln -s "$kernel/Image" $out/kernel
+    ln -s "$initrd/initrd" $out/initrd
+    echo 25.05.standin >$out/nixos-version
+    printf '{"org.nixos.bootspec.v1":{"init":"%s/init","initrd":"%s/initrd","kernel":"%s/Image","kernelParams":["console=ttyAMA0"],"label":"NixOS 25.05 (Linux 6.6)","system":"aarch64-linux","toplevel":"%s"},"org.nixos.specialisation.v1":{}}\n' \
+      "$out" "$initrd" "$kernel" "$out" >$out/boot.json
+  '' {
+    inherit greeter initrd;
+    kernel = kernelAarch64;
+  };
+  systemdPkgAarch64 = mk "systemd-aarch64-stand-in" ''
+    mkdir -p $out/lib/systemd/boot/efi
+    echo stand-in >$out/lib/systemd/boot/efi/systemd-bootaa64.efi
+  '' { };
+  grub2Aarch64Efi = mk "grub-efi-aarch64-stand-in" ''
+    mkdir -p $out/lib/grub/arm64-efi $out/bin
+    printf '#!/bin/sh\nexit 1\n' >$out/bin/grub-mkimage
+  '' { };
+
   # The boot loader inputs are Debian's files (systemd-boot-efi, grub-pc-bin,
   # grub-efi-amd64-bin, grub-common, ovmf) in nixpkgs' package shapes, copied by the
   # builders (no sandbox): only tests that build images with a boot loader build them.
@@ -183,6 +211,22 @@ rec {
     };
   };
 
+  # nixpkgs for an aarch64 host built on this machine (pkgsCross-like): hostPlatform says
+  # aarch64, buildPackages has the build machine's GRUB.
+  pkgsAarch64 = pkgs // {
+    stdenv = {
+      hostPlatform = {
+        efiArch = "aa64";
+        system = "aarch64-linux";
+      };
+      buildPlatform.system = system;
+    };
+    buildPackages = { inherit grub2; };
+    grub2 = grub2Aarch64Efi // {
+      override = a: grub2Aarch64Efi;
+    };
+  };
+
   # config: GRUB on /dev/vda (NixOS' default loader; its grub module sets
   # system.build.grub), users with and without fixed ids.
   config = {
@@ -226,6 +270,33 @@ rec {
   };
   configNoLoader = config // {
     boot.loader.grub.enable = false;
+  };
+  configAarch64 = config // {
+    system = config.system // {
+      build = {
+        toplevel = toplevelAarch64;
+        grub = null;
+      };
+    };
+    systemd.package = systemdPkgAarch64;
+    boot.loader = {
+      grub.enable = false;
+      systemd-boot.enable = true;
+      timeout = 3;
+    };
+  };
+  configAarch64Grub = configAarch64 // {
+    boot.loader.grub = {
+      enable = true;
+      efiSupport = true;
+      devices = [ "nodev" ];
+    };
+  };
+  configAarch64Extlinux = configAarch64 // {
+    boot.loader = {
+      generic-extlinux-compatible.enable = true;
+      timeout = 2;
+    };
   };
   configLimine = config // {
     boot.loader = {
