@@ -70,6 +70,10 @@ else
   echo "note: not root: nothing is installed; tests that need root say SKIP and why" >&2
 fi
 
+# The oracles (e2fsck, debugfs, sfdisk, mkfs.*, losetup) live in /usr/sbin and /sbin, which
+# are not on an ordinary user's PATH on Debian.
+export PATH="$PATH:/usr/sbin:/sbin"
+
 # Tests that cannot run here write one line each (test: why) to this file; cargo test hides
 # the stderr of passing tests, so the list is printed at the end, pass or fail.
 export MDI_SKIP_LOG="$PWD/target/skipped-tests.txt"
@@ -85,4 +89,4 @@ trap report_skips EXIT
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
-cargo test --workspace --release
+cargo test --workspace --release --no-fail-fast
