@@ -9,6 +9,8 @@
 //! offset of the PE signature `PE\0\0`, which the 20-byte COFF header follows; the
 //! header's first field is the 16-bit little-endian machine type.
 
+pub mod authenticode;
+pub mod der;
 pub mod image;
 pub mod sbat;
 pub mod uki;
