@@ -1,11 +1,19 @@
-//! PE/COFF images, the format of EFI applications (boot loaders, kernels with an EFI stub).
-//! For now: the COFF header's machine type, which says the CPU architecture the image is
-//! built for, so that an installer can refuse a loader the firmware would not start.
+//! PE/COFF images, the format of EFI applications (boot loaders, kernels with an EFI stub):
+//! the COFF header's machine type, which says the CPU architecture the image is built for, so
+//! that an installer can refuse a loader the firmware would not start ([`machine`]); the
+//! headers themselves ([`image`]); unified kernel images built the way ukify builds them
+//! ([`uki`], with the SBAT merge in [`sbat`]).
 //!
 //! Layout (Microsoft PE format specification, "MS-DOS Stub" and "COFF File Header"): the
 //! file starts with the MS-DOS header, `MZ`; its 32-bit field at offset 0x3C is the file
 //! offset of the PE signature `PE\0\0`, which the 20-byte COFF header follows; the
 //! header's first field is the 16-bit little-endian machine type.
+
+pub mod authenticode;
+pub mod der;
+pub mod image;
+pub mod sbat;
+pub mod uki;
 
 /// Machine types (PE format specification, "Machine Types").
 pub mod machine {
@@ -33,6 +41,12 @@ pub enum PeError {
     /// The PE signature offset points outside the file, or not at `PE\0\0`.
     #[error("not a PE/EFI image (no PE signature at the offset the MZ header gives)")]
     NoPeSignature,
+    /// A header field points past the end of the file.
+    #[error("PE image truncated: a header field points past its end")]
+    Truncated,
+    /// Headers that cannot be what the operation needs.
+    #[error("PE image unusable: {0}")]
+    Malformed(String),
 }
 
 /// The machine type of the PE image `bytes` (a prefix holding the headers is enough).
