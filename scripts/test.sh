@@ -50,13 +50,16 @@ if [ "$(id -u)" = 0 ]; then
   # virt-firmware). Other root filesystems: btrfs-progs xfsprogs erofs-utils squashfs-tools
   # fakeroot. faketime: the reproducibility matrix builds under another wall clock.
   # aarch64 boots: qemu-system-arm with AAVMF (qemu-efi-aarch64) and U-Boot (u-boot-qemu).
+  # dm-verity, UKI and Authenticode oracles: veritysetup (cryptsetup-bin), sbverify
+  # (sbsigntool), openssl, pefile (python3-pefile), objdump (binutils).
   apt-get install -y -qq --no-install-recommends \
     e2fsprogs attr acl util-linux mount fdisk gdisk dosfstools mtools qemu-utils sqlite3 \
     nix-bin jq ca-certificates file xz-utils zstd \
     grub-pc-bin grub-efi-amd64-bin grub-efi-ia32-bin grub-common systemd-boot-efi ovmf qemu-system-x86 \
     linux-image-cloud-amd64 busybox-static cpio python3-pip \
     btrfs-progs xfsprogs erofs-utils squashfs-tools fakeroot faketime \
-    qemu-system-arm qemu-efi-aarch64 u-boot-qemu >/dev/null
+    qemu-system-arm qemu-efi-aarch64 u-boot-qemu \
+    cryptsetup-bin sbsigntool openssl python3-pefile binutils >/dev/null
   # The Nix function tests mount a throw-away store over /nix in a private mount
   # namespace; Debian's nix-bin does not make the mount point (nix-setup-systemd would).
   mkdir -p /nix
@@ -73,6 +76,28 @@ fi
 # The oracles (e2fsck, debugfs, sfdisk, mkfs.*, losetup) live in /usr/sbin and /sbin, which
 # are not on an ordinary user's PATH on Debian.
 export PATH="$PATH:/usr/sbin:/sbin"
+
+# ukify, the oracle for our UKIs, is not in Debian 12: Debian 13's systemd-ukify (a Python
+# script) runs with bookworm's python3-pefile. Fetched with a private apt configuration into
+# target/ukify (nothing is installed, the system's apt sources are untouched); the UKI tests
+# say SKIP when it cannot be had.
+fetch_ukify() {
+  local d="$PWD/target/ukify"
+  [ -x "$d/x/usr/lib/systemd/ukify" ] && { export MDI_UKIFY="$d/x/usr/lib/systemd/ukify"; return 0; }
+  mkdir -p "$d"/{lists/partial,cache/archives/partial,src}
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' >"$d/src/trixie.sources"
+  local o=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$d/src" -o "Dir::State::Lists=$d/lists"
+           -o "Dir::Cache=$d/cache" -o Debug::NoLocking=1)
+  if apt-get "${o[@]}" -qq update >/dev/null 2>&1 \
+      && (cd "$d" && apt-get "${o[@]}" -qq download systemd-ukify >/dev/null 2>&1) \
+      && dpkg-deb -x "$d"/systemd-ukify_*.deb "$d/x"; then
+    export MDI_UKIFY="$d/x/usr/lib/systemd/ukify"
+  else
+    echo "note: could not fetch Debian 13's systemd-ukify; the ukify comparison will SKIP" >&2
+  fi
+}
+mkdir -p target
+fetch_ukify
 
 # Tests that cannot run here write one line each (test: why) to this file; cargo test hides
 # the stderr of passing tests, so the list is printed at the end, pass or fail.
