@@ -67,8 +67,11 @@ impl Sources {
         }
         fs::write(s.join("plain"), "plain\n").unwrap();
         fs::set_permissions(s.join("plain"), fs::Permissions::from_mode(0o640)).unwrap();
-        // Owned by someone else on the host: rsync --no-o --no-g makes it root's.
-        std::os::unix::fs::chown(s.join("plain"), Some(4321), Some(4321)).unwrap();
+        // Owned by someone else on the host: rsync --no-o --no-g makes it root's. Only root
+        // can give a file away; for others the file is theirs, which tests the same rule.
+        if is_root() {
+            std::os::unix::fs::chown(s.join("plain"), Some(4321), Some(4321)).unwrap();
+        }
         symlink(s.join("tree"), s.join("tree-link")).unwrap();
         // The image's own /etc (from rootDir) and a spec-given database that differs.
         fs::create_dir_all(s.join("rootdir/etc")).unwrap();
