@@ -52,6 +52,10 @@ pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
             if !md.is_dir() {
                 bail!("rootDir '{}' is not a folder; give the folder to use as the root filesystem", root.display());
             }
+            // rootDir is often a symlink to the folder (Nix's ./result): the root is what it
+            // points to. Only this argument is followed; links inside the tree stay links.
+            let root = &std::fs::canonicalize(root)
+                .with_context(|| format!("rootDir '{}' cannot be resolved", root.display()))?;
             scan_host(root, &ScanOptions { clamp: sde, keep_owner: true, keep_xattrs: true })
                 .with_context(|| format!("reading rootDir '{}'", root.display()))?
         }
