@@ -15,7 +15,6 @@ use mdi_sink::{is_zero, Sink};
 use mdi_tree::{EntryId, FileData, Kind, Tree, ROOT};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -908,7 +907,7 @@ fn read_chunk(c: &Chunk<'_>, file_size: u64) -> Result<ChunkOut, Error> {
         FileData::Path(path) => {
             use std::os::unix::fs::MetadataExt;
             let rerr = |source| Error::Read { path: path.clone(), source };
-            let f = File::open(path).map_err(rerr)?;
+            let f = mdi_tree::open_file(path).map_err(rerr)?;
             let md = f.metadata().map_err(rerr)?;
             if md.len() != file_size {
                 return Err(Error::SourceChanged(path.clone()));
