@@ -288,8 +288,8 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
         };
         if root > mdi_ext4::MAX_BYTES {
             bail!(
-                "{} of {root} bytes is larger than the ext4 writer makes ({} TiB); choose a smaller size (resize2fs can grow the filesystem on the running system)",
-                if fixed.is_some() { "diskSize gives a root filesystem" } else { "additionalSpace" },
+                "{}: a root filesystem of {root} bytes is larger than the ext4 writer makes ({} TiB); choose a smaller size (resize2fs can grow the filesystem on the running system)",
+                if fixed.is_some() { "diskSize" } else { "additionalSpace" },
                 mdi_ext4::MAX_BYTES >> 40
             );
         }

@@ -666,8 +666,14 @@ fn place_tail(base: &Alloc, blocks: u64, groups: u64, ipg: u64, journal_len: u64
 /// Inodes per group for `wanted` inodes over `groups` groups: whole inode-table blocks,
 /// at most one bitmap block's worth, and s_inodes_count (32 bits) must hold the total.
 fn ipg_for(wanted: u64, groups: u64) -> u64 {
+    wanted.div_ceil(groups).next_multiple_of(INODES_PER_BLOCK).clamp(INODES_PER_BLOCK, max_ipg(groups))
+}
+
+/// The most inodes per group: one bitmap block's worth, and s_inodes_count (32 bits)
+/// must hold the total.
+fn max_ipg(groups: u64) -> u64 {
     let cap = (u64::from(u32::MAX) / groups) / INODES_PER_BLOCK * INODES_PER_BLOCK;
-    wanted.div_ceil(groups).next_multiple_of(INODES_PER_BLOCK).clamp(INODES_PER_BLOCK, MAX_INODES_PER_GROUP).min(cap)
+    MAX_INODES_PER_GROUP.min(cap).max(INODES_PER_BLOCK)
 }
 
 /// Finds the filesystem size and places the journal, bitmaps and inode tables after
@@ -727,7 +733,7 @@ fn fixed_tail(base: &Alloc, used_inodes: u64, head_len: u64, bytes: u64) -> Resu
     let blocks = trim_last_group(bytes / BLOCK_SIZE, head_len);
     let groups = blocks.div_ceil(BLOCKS_PER_GROUP).max(1);
     let least = used_inodes + 16;
-    if least > groups * ipg_for(u64::MAX, groups) {
+    if least > groups * max_ipg(groups) {
         return Err(too_small());
     }
     let default_journal = journal_blocks_for(blocks);
