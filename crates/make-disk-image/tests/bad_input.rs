@@ -300,7 +300,11 @@ fn lost_found_that_is_not_a_folder_is_refused() {
 
 #[test]
 fn more_hard_links_than_ext4_holds_are_refused() {
-    let t = tempfile::tempdir().unwrap();
+    // The source needs more links than ext4 allows: tmpfs has no such limit.
+    let Ok(t) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("SKIP: no /dev/shm (tmpfs) for a file with 65001 names");
+        return;
+    };
     let tree = t.path().join("t");
     fs::create_dir(&tree).unwrap();
     fs::write(tree.join("f"), "x").unwrap();
@@ -422,7 +426,8 @@ fn trees_deeper_than_path_max_build() {
     let script: String =
         names.chunks(200).map(|c| format!("mkdir -p {p} && cd {p} && ", p = c.join("/"))).collect::<String>()
             + "echo 'deep data' > leaf";
-    let st = Command::new("sh").arg("-c").arg(script).current_dir(&tree).status().unwrap();
+    // bash, whose `cd` falls back to a relative chdir when the logical path is too long.
+    let st = Command::new("bash").arg("-c").arg(script).current_dir(&tree).status().unwrap();
     assert!(st.success());
     let out = t.path().join("o");
     build(&none_args(&tree, &out));
@@ -467,7 +472,7 @@ fn too_small_error_gives_the_true_minimum() {
                 .output()
                 .unwrap();
             if o.status.success() {
-                e2fsck_clean(&out.join("nixos.img"));
+                e2fsck_root(&out);
             }
             let _ = fs::remove_dir_all(&out);
             o
@@ -485,6 +490,7 @@ fn too_small_error_gives_the_true_minimum() {
 
 /// The N of "set diskSize to at least N (MiB)".
 pub fn minimum_in(err: &str) -> u64 {
-    let i = err.find("at least ").unwrap_or_else(|| panic!("no minimum in: {err}")) + "at least ".len();
+    let key = "set diskSize to at least ";
+    let i = err.find(key).unwrap_or_else(|| panic!("no minimum in: {err}")) + key.len();
     err[i..].split(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("no minimum in: {err}"))
 }

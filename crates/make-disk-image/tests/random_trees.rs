@@ -100,7 +100,7 @@ fn build_at(src: &Path, out: &Path, layout: &str, mib: u64) -> std::process::Out
         .output()
         .unwrap();
     if o.status.success() {
-        e2fsck_clean(&out.join("nixos.img"));
+        e2fsck_root(out);
     }
     let _ = fs::remove_dir_all(out);
     o
@@ -137,7 +137,8 @@ proptest! {
         let err = build_at(&src, &out, layout, small);
         prop_assert!(!err.status.success());
         let err = String::from_utf8_lossy(&err.stderr).into_owned();
-        let i = err.find("at least ").unwrap_or_else(|| panic!("no minimum in: {err}")) + "at least ".len();
+        let key = "set diskSize to at least ";
+        let i = err.find(key).unwrap_or_else(|| panic!("no minimum in: {err}")) + key.len();
         let min: u64 = err[i..].split(' ').next().unwrap().parse().unwrap();
         let at_min = build_at(&src, &out, layout, min);
         prop_assert!(at_min.status.success(), "{} MiB, the stated minimum, fails: {}", min, String::from_utf8_lossy(&at_min.stderr));
