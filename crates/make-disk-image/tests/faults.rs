@@ -141,12 +141,18 @@ fn failure_at_every_point_leaves_the_folder_as_it_was() {
     assert!(!fresh.exists(), "a failed build left the output folder it made");
 }
 
-/// Starts a build that will wait at `pause` (if given).
+/// Starts a build that will wait at `pause` (if given; "script" is a postVM that waits).
 fn start(s: &Setup, pause: Option<&str>, tree: &Path) -> Child {
     let mut c = Command::new(bin());
     c.args(["build", "--root-dir"]).arg(tree).args(["--partition-table-type", "none", "-o"]).arg(&s.out);
-    if let Some(p) = pause {
-        c.env("MDI_PAUSE_AT", p);
+    match pause {
+        Some("script") => {
+            c.args(["--post-vm", "echo half > $out/made-by-script; sleep 30"]);
+        }
+        Some(p) => {
+            c.env("MDI_PAUSE_AT", p);
+        }
+        None => {}
     }
     c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
@@ -170,7 +176,7 @@ const SIGNALS: [(i32, &str); 3] = [(2, "SIGINT"), (15, "SIGTERM"), (1, "SIGHUP")
 #[test]
 fn signals_act_within_a_second_in_every_phase() {
     let s = setup();
-    for phase in ["validate", "scan", "write", "manifest", "postVM"] {
+    for phase in ["validate", "scan", "write", "manifest", "postVM", "script"] {
         for (sig, name) in SIGNALS {
             let mut child = start(&s, Some(phase), &s.tree);
             std::thread::sleep(Duration::from_millis(400));
@@ -195,7 +201,20 @@ fn signals_at_random_moments() {
         x ^= x << 17;
         let delay = Duration::from_millis(x % 1500);
         let (sig, name) = SIGNALS[(x >> 32) as usize % 3];
-        let mut child = start(&s, None, &s.big);
+        // Every other round compresses (qcow2-compressed), so signals land there too.
+        let mut child = if round % 2 == 1 {
+            Command::new(bin())
+                .args(["build", "--root-dir"])
+                .arg(&s.big)
+                .args(["--partition-table-type", "none", "--format", "qcow2-compressed", "-o"])
+                .arg(&s.out)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        } else {
+            start(&s, None, &s.big)
+        };
         std::thread::sleep(delay);
         let (st, took) = signal(&mut child, sig);
         assert!(took < Duration::from_secs(1), "round {round}: {name} after {delay:?} took {took:?}");
@@ -204,7 +223,7 @@ fn signals_at_random_moments() {
             // The build committed before the signal: the folder holds the new build.
             let m: serde_json::Value =
                 serde_json::from_str(&fs::read_to_string(s.out.join("manifest.json")).unwrap()).unwrap();
-            let img = fs::read(s.out.join("nixos.img")).unwrap();
+            let img = fs::read(s.out.join(m["image"]["file"].as_str().unwrap())).unwrap();
             assert_eq!(m["image"]["sha256"].as_str().unwrap(), hex::encode(Sha256::digest(&img)));
             before = snapshot(&s.out);
             continue;

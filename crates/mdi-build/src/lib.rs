@@ -606,15 +606,20 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     if let Some(vars) = efi_vars {
         write_small("efi-vars.fd", &vars)?;
     }
-    // postVM runs on the staged output: $out is the staging folder, whose content becomes
-    // OUT's (as nixpkgs' $out starts fresh), so a failing script leaves OUT as it was.
+    if ctx.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst)) {
+        bail!("interrupted");
+    }
+    let fail_rename = std::env::var("MDI_FAIL_AT").is_ok_and(|p| p == "rename").then_some(1);
+    let commit = stage.commit(&[&file_name, "manifest.json", "nix-support", "efi-vars.fd"], fail_rename)?;
+    // postVM runs on OUT itself, with the previous build's files still kept aside: if it
+    // fails (or the build is interrupted), dropping `commit` puts the folder back.
     fault("postVM")?;
     if let Some(script) = &spec.post_vm {
         let root = plan.root();
         let vars = PostVmVars {
-            out: staged,
-            disk_image: &staged_image,
-            efi_vars: spec.touch_efi_vars.then(|| staged.join("efi-vars.fd")),
+            out: &out_dir,
+            disk_image: &final_path,
+            efi_vars: spec.touch_efi_vars.then(|| out_dir.join("efi-vars.fd")),
             boot_size: layout::boot_end(boot_size),
             disk_size: disk_bytes,
             root_partition: (plan.table != layout::Table::None).then_some(root.number),
@@ -627,8 +632,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     if ctx.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst)) {
         bail!("interrupted");
     }
-    let fail_rename = std::env::var("MDI_FAIL_AT").is_ok_and(|p| p == "rename").then_some(1);
-    stage.commit(&[&file_name, "manifest.json", "nix-support", "efi-vars.fd"], fail_rename)?;
+    commit.finish()?;
     Ok(Outcome { image: final_path, manifest })
 }
 

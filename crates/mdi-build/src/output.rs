@@ -2,14 +2,18 @@
 //! what it held before (the previous build intact), and a successful build replaces its
 //! own files there in one short step.
 //!
-//! Everything a build makes (the image, manifest.json, nix-support/, efi-vars.fd, what
-//! postVM adds) goes into a staging folder `OUT/.mdi-build.XXXXXX.partial`, which is the
-//! only thing a build adds to OUT until the end. The commit then moves the previous
-//! build's files of the same names into the staging folder and the new ones into OUT, by
-//! renames (undone in reverse order if one fails). Any failure before or during the
-//! commit removes the staging folder (and OUT, if the build made it). A process killed
-//! outright (SIGKILL) cannot clean up: its staging folder holds a lock file the process
-//! kept locked, so the next build into OUT recognises it as stale and removes it.
+//! Everything a build makes (the image, manifest.json, nix-support/, efi-vars.fd) goes
+//! into a staging folder `OUT/.mdi-build.XXXXXX.partial`, which is the only thing a build
+//! adds to OUT until the end. The commit then moves the previous build's files of the
+//! same names into the staging folder (`.old`) and the new ones into OUT, by renames
+//! (undone in reverse order if one fails). postVM runs after that, on OUT itself (its
+//! `$out` and `$diskImage` are the final paths, as scripts that write them into files
+//! expect), while the previous files are still kept: if it fails, the rollback moves the
+//! new files back out, removes what the script added, and puts the previous files back.
+//! Only then is the commit final. Any failure before removes the staging folder (and OUT,
+//! if the build made it). A process killed outright (SIGKILL) cannot clean up: its
+//! staging folder holds a lock file the process kept locked, so the next build into OUT
+//! recognises it as stale and removes it.
 //!
 //! Signals: the command line thread that catches SIGINT/SIGTERM/SIGHUP calls
 //! [`Scratch::abandon`] when the build does not stop by itself within a moment (it may be
@@ -42,8 +46,57 @@ struct State {
     stage: Option<PathBuf>,
     made_out_dir: Option<PathBuf>,
     child: Option<i32>,
+    /// Files moved, postVM not yet done.
+    pending: Option<Pending>,
     committed: bool,
     abandoned: bool,
+}
+
+/// How to undo a commit whose postVM has not finished.
+struct Pending {
+    out_dir: PathBuf,
+    stage: PathBuf,
+    made_out_dir: bool,
+    /// OUT's names before the commit (besides the staging folder).
+    before: std::collections::BTreeSet<std::ffi::OsString>,
+    /// Previous files moved to `stage/.old`.
+    parked: Vec<std::ffi::OsString>,
+    /// New files moved into OUT.
+    placed: Vec<std::ffi::OsString>,
+}
+
+impl Pending {
+    /// Puts OUT back as it was: the new files go, whatever postVM added goes, the previous
+    /// files return; then the staging folder goes.
+    fn rollback(&self) {
+        for n in self.placed.iter().rev() {
+            let _ = std::fs::rename(self.out_dir.join(n), self.stage.join(n));
+        }
+        let stage_name = self.stage.file_name().map(|n| n.to_os_string());
+        if let Ok(rd) = std::fs::read_dir(&self.out_dir) {
+            for e in rd.filter_map(|e| e.ok()) {
+                let n = e.file_name();
+                if self.before.contains(&n) || Some(&n) == stage_name.as_ref() || self.parked.contains(&n) {
+                    continue;
+                }
+                let p = e.path();
+                let _ = match std::fs::symlink_metadata(&p) {
+                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                    _ => std::fs::remove_file(&p),
+                };
+            }
+        }
+        for n in self.parked.iter().rev() {
+            let at = self.out_dir.join(n);
+            // postVM may have made a file of that name again.
+            let _ = std::fs::remove_dir_all(&at).or_else(|_| std::fs::remove_file(&at));
+            let _ = std::fs::rename(self.stage.join(OLD).join(n), at);
+        }
+        let _ = std::fs::remove_dir_all(&self.stage);
+        if self.made_out_dir {
+            let _ = std::fs::remove_dir(&self.out_dir);
+        }
+    }
 }
 
 impl Scratch {
@@ -71,6 +124,10 @@ impl Scratch {
         }
         if s.committed {
             return true;
+        }
+        if let Some(p) = s.pending.take() {
+            p.rollback();
+            return false;
         }
         if let Some(stage) = s.stage.take() {
             let _ = std::fs::remove_dir_all(&stage);
@@ -145,12 +202,18 @@ impl Stage {
 
     /// Moves the staged files into OUT. `ours` are the names a build owns: their previous
     /// versions go even when this build did not make them (postVM removed them).
-    pub(crate) fn commit(mut self, ours: &[&str], fail_after: Option<usize>) -> Result<()> {
+    pub(crate) fn commit(mut self, ours: &[&str], fail_after: Option<usize>) -> Result<Commit> {
         let scratch = self.scratch.clone();
         let mut s = scratch.lock();
         if s.abandoned {
             bail!("interrupted");
         }
+        let stage_name = self.dir.file_name().map(|n| n.to_os_string());
+        let before = std::fs::read_dir(&self.out_dir)
+            .context("output folder")?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .filter(|n| Some(n) != stage_name.as_ref())
+            .collect();
         let old = self.dir.join(OLD);
         std::fs::create_dir(&old).context("staging folder")?;
         let mut new: Vec<std::ffi::OsString> = std::fs::read_dir(&self.dir)
@@ -194,13 +257,57 @@ impl Stage {
                 self.out_dir.display()
             ));
         }
-        s.committed = true;
+        s.pending = Some(Pending {
+            out_dir: self.out_dir.clone(),
+            stage: self.dir.clone(),
+            made_out_dir: self.made_out_dir,
+            before,
+            parked,
+            placed,
+        });
         s.stage = None;
         s.made_out_dir = None;
         drop(s);
         self.done = true;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(Commit { scratch: scratch.clone(), done: false })
+    }
+}
+
+/// A commit whose files are in place; [`Commit::finish`] makes it final, dropping it
+/// (a failed postVM, an error) undoes it.
+pub(crate) struct Commit {
+    scratch: Arc<Scratch>,
+    done: bool,
+}
+
+impl Commit {
+    /// Makes the commit final: the previous files and the staging folder go.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        let mut s = self.scratch.lock();
+        let Some(p) = s.pending.take() else {
+            // Abandoned meanwhile: already rolled back.
+            bail!("interrupted");
+        };
+        s.committed = true;
+        self.done = true;
+        // Under the lock, so that an interrupt cannot end the process half way.
+        let _ = std::fs::remove_dir_all(&p.stage);
+        drop(s);
         Ok(())
+    }
+}
+
+impl Drop for Commit {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Under the lock, as in Stage's drop.
+        let mut s = self.scratch.lock();
+        if let Some(p) = s.pending.take() {
+            p.rollback();
+        }
+        drop(s);
     }
 }
 
@@ -209,14 +316,16 @@ impl Drop for Stage {
         if self.done {
             return;
         }
+        // Under the lock: an interrupt's abandon() must not exit the process while this
+        // removal is half done, nor race it over the same files.
         let mut s = self.scratch.lock();
         s.stage = None;
         s.made_out_dir = None;
-        drop(s);
         let _ = std::fs::remove_dir_all(&self.dir);
         if self.made_out_dir {
             let _ = std::fs::remove_dir(&self.out_dir);
         }
+        drop(s);
     }
 }
 
