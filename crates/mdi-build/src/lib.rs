@@ -327,7 +327,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     };
     tree.finish();
 
-    let scratch = ctx.scratch.clone().unwrap_or_else(Scratch::new);
+    let scratch = ctx.scratch.clone().unwrap_or_default();
     let stage = output::Stage::create(out_dir, scratch.clone())?;
     let out_dir = stage.out_dir().to_path_buf();
     let file_name = format!("{}.{}", spec.base_name, spec.extension());
