@@ -273,7 +273,8 @@ fn run() -> Result<()> {
             let cancel = Arc::new(AtomicBool::new(false));
             {
                 let c = cancel.clone();
-                // Ctrl-C stops the writer; the partial image is removed on the way out.
+                // SIGINT, SIGTERM and SIGHUP (ctrlc's "termination" feature) stop the build;
+                // the output folder is left as it was (see the waiting loop below).
                 let _ = ctrlc::set_handler(move || c.store(true, Ordering::SeqCst));
             }
             let progress = Arc::new(AtomicU64::new(0));
@@ -292,9 +293,50 @@ fn run() -> Result<()> {
                     eprint!("\r\x1b[K");
                 })
             });
-            let ctx = mdi_build::RunContext { cancel: Some(cancel), progress: Some(progress) };
-            let result = mdi_build::build(&spec, &a.out, &ctx);
+            let scratch = mdi_build::Scratch::new();
+            let ctx = mdi_build::RunContext {
+                cancel: Some(cancel.clone()),
+                progress: Some(progress),
+                scratch: Some(scratch.clone()),
+            };
+            // The build runs on its own thread so that this one can act on an interrupt
+            // within a second whatever the build is doing (scanning, flushing, hashing,
+            // waiting for postVM), none of which polls the flag often enough.
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let out = a.out.clone();
+            let worker = std::thread::spawn(move || {
+                let r = mdi_build::build(&spec, &out, &ctx);
+                let _ = tx.send(());
+                r
+            });
+            loop {
+                use std::sync::mpsc::RecvTimeoutError;
+                match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) if cancel.load(Ordering::SeqCst) => {
+                        // The writer stops by itself at its next check; give it that chance
+                        // to clean up, then clean up here and leave.
+                        if rx.recv_timeout(std::time::Duration::from_millis(300)).is_ok() {
+                            break;
+                        }
+                        if !scratch.abandon() {
+                            done.store(true, Ordering::Relaxed);
+                            eprintln!("error: make-disk-image: interrupted; the output folder was left as it was");
+                            std::process::exit(130);
+                        }
+                        // Committed just now: the build is complete; let it report.
+                        let _ = rx.recv();
+                        break;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+            let result = worker.join().map_err(|_| anyhow!("the build thread panicked"))?;
             done.store(true, Ordering::Relaxed);
+            if result.is_err() && cancel.load(Ordering::SeqCst) {
+                eprintln!("error: make-disk-image: interrupted; the output folder was left as it was");
+                std::process::exit(130);
+            }
             if let Some(r) = reporter {
                 let _ = r.join();
             }

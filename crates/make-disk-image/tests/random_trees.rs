@@ -88,3 +88,60 @@ proptest! {
         }
     }
 }
+
+/// Builds `src` at `mib` MiB (layout `layout`); e2fsck checks what it makes.
+fn build_at(src: &Path, out: &Path, layout: &str, mib: u64) -> std::process::Output {
+    let o = std::process::Command::new(bin())
+        .arg("build")
+        .arg("--root-dir")
+        .arg(src)
+        .args(["--partition-table-type", layout, "--disk-size", &mib.to_string(), "-o"])
+        .arg(out)
+        .output()
+        .unwrap();
+    if o.status.success() {
+        e2fsck_root(out);
+    }
+    let _ = fs::remove_dir_all(out);
+    o
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Issue 13: the too-small error's minimum is the true one: building at exactly that
+    /// size succeeds, one MiB less fails. Trees get bulk data (so minimums spread over the
+    /// journal's size steps) and many small files (so inodes matter too).
+    #[test]
+    fn too_small_error_gives_the_true_minimum(
+        nodes in proptest::collection::vec((any::<u8>(), name(), node()), 0..40),
+        bulk_kib in proptest::collection::vec(0u64..60_000, 0..4),
+        empties in 0usize..4000,
+        layout in prop_oneof![Just("none"), Just("legacy"), Just("legacy+gpt")],
+    ) {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        materialize(&src, &nodes);
+        fs::create_dir(src.join("bulk")).unwrap();
+        for (i, kib) in bulk_kib.iter().enumerate() {
+            // Non-zero data, so every block is stored.
+            fs::write(src.join(format!("bulk/{i}")), vec![(i as u8) | 1; (*kib as usize) << 10]).unwrap();
+        }
+        for i in 0..empties {
+            fs::write(src.join(format!("bulk/e{i}")), b"").unwrap();
+        }
+        let out = t.path().join("out");
+        // Two MiB of root partition after the layout's head: less than any tree needs.
+        let small = match layout { "none" => 2, "legacy" => 3, _ => 5 };
+        let err = build_at(&src, &out, layout, small);
+        prop_assert!(!err.status.success());
+        let err = String::from_utf8_lossy(&err.stderr).into_owned();
+        let key = "set diskSize to at least ";
+        let i = err.find(key).unwrap_or_else(|| panic!("no minimum in: {err}")) + key.len();
+        let min: u64 = err[i..].split(' ').next().unwrap().parse().unwrap();
+        let at_min = build_at(&src, &out, layout, min);
+        prop_assert!(at_min.status.success(), "{} MiB, the stated minimum, fails: {}", min, String::from_utf8_lossy(&at_min.stderr));
+        prop_assert!(!build_at(&src, &out, layout, min - 1).status.success(), "{} MiB works, below the stated minimum", min - 1);
+    }
+}

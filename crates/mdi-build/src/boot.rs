@@ -529,7 +529,7 @@ fn install_extlinux(spec: &Spec, tree: &mut Tree, time: i64, entry: &BootEntry) 
         Some(dir) => {
             let sub = mdi_tree::scan_host(
                 &store_file(spec, &dir),
-                &mdi_tree::ScanOptions { clamp: time, keep_owner: false, keep_xattrs: false },
+                &mdi_tree::ScanOptions { clamp: time, keep_owner: false, keep_xattrs: false, cancel: None },
             )
             .with_context(|| format!("reading the system's device trees '{dir}'"))?;
             let name = bootspec::grub_copy_name(&dir);

@@ -52,7 +52,11 @@ pub fn collect(spec: &Spec, sde: i64) -> Result<Tree> {
             if !md.is_dir() {
                 bail!("rootDir '{}' is not a folder; give the folder to use as the root filesystem", root.display());
             }
-            scan_host(root, &ScanOptions { clamp: sde, keep_owner: true, keep_xattrs: true })
+            // rootDir is often a symlink to the folder (Nix's ./result): the root is what it
+            // points to. Only this argument is followed; links inside the tree stay links.
+            let root = &std::fs::canonicalize(root)
+                .with_context(|| format!("rootDir '{}' cannot be resolved", root.display()))?;
+            scan_host(root, &ScanOptions { clamp: sde, keep_owner: true, keep_xattrs: true, cancel: None })
                 .with_context(|| format!("reading rootDir '{}'", root.display()))?
         }
         None => Tree::new(dir_meta.clone()),
@@ -127,7 +131,7 @@ fn add_content(
         bail!("target '{target}' must be an absolute path in the image, e.g. /etc/foo");
     }
     let scan = |p: &Path| -> Result<Tree> {
-        let mut sub = scan_host(p, &ScanOptions { clamp: sde, keep_owner: false, keep_xattrs: false })?;
+        let mut sub = scan_host(p, &ScanOptions { clamp: sde, keep_owner: false, keep_xattrs: false, cancel: None })?;
         if let Some(m) = mode {
             sub.for_each_below(ROOT, |e| {
                 if !matches!(e.kind, Kind::Symlink { .. }) {
@@ -401,7 +405,13 @@ fn read_image_file(tree: &Tree, path: &[u8]) -> Result<Option<Vec<u8>>> {
     match &tree.get(id).kind {
         Kind::File { data: FileData::Inline(d), .. } => Ok(Some(d.to_vec())),
         Kind::File { data: FileData::Path(p), .. } => {
-            Ok(Some(std::fs::read(p).with_context(|| format!("reading '{}' for the image", p.display()))?))
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(
+                &mut mdi_tree::open_file(p).with_context(|| format!("reading '{}' for the image", p.display()))?,
+                &mut bytes,
+            )
+            .with_context(|| format!("reading '{}' for the image", p.display()))?;
+            Ok(Some(bytes))
         }
         _ => Ok(None),
     }

@@ -8,6 +8,7 @@ mod content;
 mod demo;
 mod external_fs;
 pub mod layout;
+mod output;
 pub mod spec;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,11 +18,13 @@ use mdi_tree::{Meta, Timestamp};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use spec::{DiskSize, Spec};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 pub use content::collect;
+pub use output::Scratch;
 
 /// The seed used when the spec gives none (a fixed value: images are reproducible by
 /// default).
@@ -34,6 +37,68 @@ pub struct RunContext {
     pub cancel: Option<Arc<AtomicBool>>,
     /// File bytes read so far, for progress display.
     pub progress: Option<Arc<AtomicU64>>,
+    /// Shared with whoever may abandon the build (see [`Scratch::abandon`]); a build
+    /// without one makes its own.
+    pub scratch: Option<Arc<Scratch>>,
+}
+
+/// Test hook (fault injection): `MDI_FAIL_AT=PHASE` makes the build fail at that point,
+/// `MDI_FAIL_AT=write:N` makes the N+1st write to the image fail, and `MDI_PAUSE_AT=PHASE`
+/// sleeps 30 s there (for signal tests). Phases: validate, scan, write, compress, postVM,
+/// manifest, rename. The test suite uses them to prove the output folder's invariant at
+/// every failure point; they are not part of the interface.
+fn fault(phase: &str) -> Result<()> {
+    if std::env::var("MDI_PAUSE_AT").is_ok_and(|p| p == phase) {
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    }
+    if std::env::var("MDI_FAIL_AT").is_ok_and(|p| p == phase) {
+        bail!("injected fault at {phase} (MDI_FAIL_AT)");
+    }
+    Ok(())
+}
+
+/// The write budget of `MDI_FAIL_AT=write:N`.
+fn write_fault_budget() -> Option<u64> {
+    std::env::var("MDI_FAIL_AT").ok()?.strip_prefix("write:")?.parse().ok()
+}
+
+/// A container whose writes fail after a budget, or whose finish (where compressed
+/// formats compress and every format writes its tables) fails: see [`fault`].
+struct Faulty {
+    inner: mdi_sink::FailAfter<Box<dyn mdi_container::Container>>,
+}
+
+impl mdi_sink::Sink for Faulty {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write_at(offset, data)
+    }
+}
+
+impl mdi_container::Container for Faulty {
+    fn finish(self: Box<Self>, virtual_size: u64) -> std::io::Result<std::fs::File> {
+        fault("compress").map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.inner.inner.finish(virtual_size)
+    }
+}
+
+/// The largest virtual disk each format takes: the format's own limit, or the size at
+/// which its tables (held in memory until the end) would pass 64 MiB.
+fn format_max(format: &str) -> u64 {
+    match format {
+        // qemu's QCOW_MAX_L1_SIZE (32 MiB of L1 = 4 Mi entries × 512 MiB each).
+        "qcow2" | "qcow2-compressed" => 2 << 50,
+        // One u32 per 1 MiB block: 64 MiB of block map at 16 TiB.
+        "vdi" => 16 << 40,
+        // The VHD format's limit as qemu enforces it (VHD_MAX_SECTORS × 512).
+        "vpc" => 0xff00_0000 * 512,
+        // Grain-table entries are 32-bit sector numbers: 2 TiB.
+        "vmdk" => 2 << 40,
+        // The VHDX specification's 64 TiB.
+        "vhdx" => 64 << 40,
+        // File offsets are signed 64-bit; the output folder's filesystem has its own limit,
+        // probed when the file is made.
+        _ => i64::MAX as u64,
+    }
 }
 
 /// What a build produced.
@@ -190,13 +255,15 @@ const HASH_LIMIT: u64 = 16 << 30;
 
 /// Runs a whole build into `out_dir`.
 pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
-    let before = OutDirBefore::capture(out_dir);
     let arch = boot::target_arch(spec)?;
     let loader = boot::wanted(spec, arch)?;
     let sde = source_date_epoch(spec)?;
     let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
     let boot_size = spec::parse_iec_value(&spec.boot_size)
         .ok_or_else(|| anyhow!("bootSize '{}' is not a size like 256M", spec.boot_size))?;
+    if boot_size > 1 << 40 {
+        bail!("bootSize {boot_size} bytes is larger than a boot partition can usefully be (1 TiB); choose a size like 256M");
+    }
     let mut plan = layout::Plan::new(
         &spec.partition_table_type,
         layout::boot_end(boot_size),
@@ -206,6 +273,35 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     if loader == Some(boot::Loader::Extlinux) {
         plan.mark_bootable();
     }
+    // Every size is checked here, before anything is allocated or scanned.
+    let max = format_max(&spec.format);
+    let fixed = match spec.disk_size()? {
+        DiskSize::Bytes(b) if b > max => bail!(
+            "diskSize {b} bytes ({} TiB) is larger than format '{}' holds ({} bytes); choose a smaller diskSize or another format",
+            b >> 40,
+            spec.format,
+            max
+        ),
+        DiskSize::Bytes(b) => Some(b),
+        DiskSize::Auto => None,
+    };
+    if spec.fs_type == "ext4" {
+        let extra = spec.additional_space()?;
+        let root = match fixed {
+            Some(b) => plan.root_size_for_disk(b)?,
+            None => extra,
+        };
+        if root > mdi_ext4::MAX_BYTES {
+            bail!(
+                "{}: a root filesystem of {root} bytes is larger than the ext4 writer makes ({} TiB); choose a smaller size (resize2fs can grow the filesystem on the running system)",
+                if fixed.is_some() { "diskSize" } else { "additionalSpace" },
+                mdi_ext4::MAX_BYTES >> 40
+            );
+        }
+    } else if spec.additional_space()? > max {
+        bail!("additionalSpace is larger than format '{}' holds ({max} bytes)", spec.format);
+    }
+    fault("validate")?;
     let t0 = std::time::Instant::now();
     let trace = std::env::var_os("MDI_TRACE").is_some();
     let phase = |what: &str| {
@@ -213,6 +309,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             eprintln!("[build {:>7.3}s] {what}", t0.elapsed().as_secs_f64());
         }
     };
+    fault("scan")?;
     let mut tree = collect(spec, sde)?;
     phase("tree collected");
     let fs_uuid = match &spec.root_fsuid {
@@ -235,25 +332,41 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     };
     tree.finish();
 
-    std::fs::create_dir_all(out_dir).with_context(|| {
-        format!("cannot create output folder '{}'; choose a writable folder with -o", out_dir.display())
-    })?;
-    let out_dir = out_dir.canonicalize().with_context(|| format!("output folder '{}'", out_dir.display()))?;
+    let scratch = ctx.scratch.clone().unwrap_or_default();
+    let stage = output::Stage::create(out_dir, scratch.clone())?;
+    let out_dir = stage.out_dir().to_path_buf();
     let file_name = format!("{}.{}", spec.base_name, spec.extension());
     let final_path = out_dir.join(&file_name);
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{file_name}."))
-        .suffix(".partial")
-        .tempfile_in(&out_dir)
+    let staged_image = stage.path().join(&file_name);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&staged_image)
         .with_context(|| format!("output folder '{}' is not writable; choose another with -o", out_dir.display()))?;
-    let file = tmp.as_file().try_clone().context("output file")?;
-    let mut sink = container_for(spec, file, &seed, sde, &file_name)?;
+    // A raw file of a fixed size must fit the output folder's filesystem's largest file
+    // (16 TiB on ext4): ask it now (a sparse resize costs nothing) rather than after the
+    // whole image is written.
+    if let (Some(b), "raw") = (fixed, spec.format.as_str()) {
+        file.set_len(b).and_then(|()| file.set_len(0)).map_err(|e| too_big_or(e, &out_dir, b))?;
+    }
+    let mut sink = container_for(spec, file.try_clone().context("output file")?, &seed, sde, &file_name)?;
+    if let Some(budget) = write_fault_budget() {
+        sink = Box::new(Faulty { inner: mdi_sink::FailAfter { inner: sink, budget } });
+    } else if std::env::var("MDI_FAIL_AT").is_ok_and(|p| p == "compress") {
+        sink = Box::new(Faulty { inner: mdi_sink::FailAfter { inner: sink, budget: u64::MAX } });
+    }
     let write_err = |io: std::io::Error| {
+        if io.raw_os_error() == Some(libc_efbig()) {
+            return too_big(&out_dir, &io);
+        }
         anyhow!(
             "cannot write the image in '{}': {io}; free space there or choose another output folder with -o",
             out_dir.display()
         )
     };
+    fault("write")?;
 
     // Boot partitions (fixed sizes), filled from their mount point's subtree.
     let mut filesystems = Vec::new();
@@ -319,10 +432,15 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             let mut part_sink = mdi_sink::OffsetSink { inner: &mut *sink, offset: root_start };
             mdi_ext4::write(&tree, &opts, &mut part_sink).map_err(|e| match e {
                 mdi_ext4::Error::TooSmall { need, have } => {
-                    let extra = plan.disk_size(0);
+                    // The smallest whole-MiB disk whose root partition is at least `need`
+                    // (the layout's own arithmetic, which rounds at the GPT backup).
+                    let mut disk = (need + plan.disk_size(0)).div_ceil(layout::MIB) * layout::MIB;
+                    while plan.root_size_for_disk(disk).map_or(true, |r| r < need) {
+                        disk += layout::MIB;
+                    }
                     anyhow!(
                         "diskSize is too small: the root filesystem needs at least {need} bytes but the disk leaves it {have} bytes; set diskSize to at least {} (MiB) or to \"auto\"",
-                        (need + extra).div_ceil(layout::MIB)
+                        disk / layout::MIB
                     )
                 }
                 mdi_ext4::Error::Write(io) => write_err(io),
@@ -362,7 +480,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             seed,
             label: &label,
             time: sde,
-            work_dir: &out_dir,
+            work_dir: stage.path(),
             temp_prefix: &format!(".{file_name}."),
             disk_overhead: plan.disk_size(0),
             offset: root_start,
@@ -405,9 +523,12 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     for (off, bytes) in table {
         mdi_sink::Sink::write_at(&mut *sink, off, &bytes).map_err(write_err)?;
     }
-    let file = sink.finish(disk_bytes).with_context(|| {
-        format!(
-            "cannot finish the image in '{}'; free space there or choose another output folder with -o",
+    let file = sink.finish(disk_bytes).map_err(|e| {
+        if e.raw_os_error() == Some(libc_efbig()) {
+            return too_big(&out_dir, &e);
+        }
+        anyhow!(
+            "cannot finish the image in '{}': {e}; free space there or choose another output folder with -o",
             out_dir.display()
         )
     })?;
@@ -418,7 +539,7 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     let hash_it = file_bytes <= HASH_LIMIT;
     let (synced, sha256) = std::thread::scope(|s| {
         let sync = s.spawn(|| file.sync_all());
-        let sha = if hash_it { sha256_file(tmp.path()).map(Some) } else { Ok(None) };
+        let sha = if hash_it { sha256_file(&staged_image).map(Some) } else { Ok(None) };
         (sync.join().expect("sync thread"), sha)
     });
     synced.with_context(|| {
@@ -470,28 +591,33 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
     });
     let efi_vars =
         if spec.touch_efi_vars { Some(boot::efi_vars(spec, &plan, installed.as_ref(), arch)?) } else { None };
+    let staged = stage.path();
     let write_small = |name: &str, bytes: &[u8]| -> Result<()> {
-        let p = out_dir.join(name);
+        let p = staged.join(name);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let t = tempfile::NamedTempFile::new_in(p.parent().unwrap_or(&out_dir))?;
-        std::fs::write(t.path(), bytes)?;
-        std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        t.persist(&p).map_err(|e| e.error)?;
+        std::fs::write(&p, bytes)?;
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         Ok(())
     };
     let fmt_name = if spec.format == "qcow2-compressed" { "qcow2" } else { spec.format.as_str() };
-    write_small("manifest.json", (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes())?;
+    fault("manifest")?;
+    write_small("manifest.json", (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes())
+        .with_context(|| format!("cannot write manifest.json in '{}'", out_dir.display()))?;
     let products = format!("file {fmt_name}-image {}\n", final_path.display());
     write_small("nix-support/hydra-build-products", products.as_bytes())?;
     if let Some(vars) = efi_vars {
         write_small("efi-vars.fd", &vars)?;
     }
-    // tempfile creates 0600; an image is an ordinary build product.
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    tmp.persist(&final_path)
-        .map_err(|e| anyhow!("cannot move the image to '{}': {}", final_path.display(), e.error))?;
+    if ctx.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst)) {
+        bail!("interrupted");
+    }
+    let fail_rename = std::env::var("MDI_FAIL_AT").is_ok_and(|p| p == "rename").then_some(1);
+    let commit = stage.commit(&[&file_name, "manifest.json", "nix-support", "efi-vars.fd"], fail_rename)?;
+    // postVM runs on OUT itself, with the previous build's files still kept aside: if it
+    // fails (or the build is interrupted), dropping `commit` puts the folder back.
+    fault("postVM")?;
     if let Some(script) = &spec.post_vm {
         let root = plan.root();
         let vars = PostVmVars {
@@ -504,54 +630,38 @@ pub fn build(spec: &Spec, out_dir: &Path, ctx: &RunContext) -> Result<Outcome> {
             root_start: root.start,
             root_bytes: root.end.expect("finished plan") - root.start,
         };
-        if let Err(e) = run_post_vm(script, &vars) {
-            let ours =
-                [final_path.clone(), out_dir.join("manifest.json"), out_dir.join("nix-support/hydra-build-products")];
-            before.restore(&out_dir, &ours);
-            bail!("{e:#}; the output was removed");
-        }
+        run_post_vm(script, &vars, &scratch)
+            .map_err(|e| anyhow!("{e:#}; the output folder '{}' was left as it was", out_dir.display()))?;
     }
+    if ctx.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst)) {
+        bail!("interrupted");
+    }
+    commit.finish()?;
     Ok(Outcome { image: final_path, manifest })
 }
 
-/// What the output folder held before the build, so that a failing postVM can leave it
-/// as it was: no image, nothing the script made.
-struct OutDirBefore {
-    existed: bool,
-    entries: std::collections::BTreeSet<std::ffi::OsString>,
+/// EFBIG on Linux.
+const fn libc_efbig() -> i32 {
+    27
 }
 
-impl OutDirBefore {
-    fn capture(dir: &Path) -> Self {
-        let entries = std::fs::read_dir(dir)
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        OutDirBefore { existed: dir.exists(), entries }
-    }
+/// The hint for a file larger than the output folder's filesystem allows.
+fn too_big(out_dir: &Path, io: &std::io::Error) -> anyhow::Error {
+    anyhow!(
+        "cannot write the image in '{}': {io}: the image is larger than the largest file the filesystem there holds (16 TiB on ext4 with 4 KiB blocks); choose a smaller diskSize, a format that stores only data (qcow2), or an output folder on xfs or btrfs",
+        out_dir.display()
+    )
+}
 
-    /// Removes what the build made: the whole folder if it is new, else `ours` and every
-    /// entry that was not there before.
-    fn restore(&self, dir: &Path, ours: &[PathBuf]) {
-        if !self.existed {
-            let _ = std::fs::remove_dir_all(dir);
-            return;
-        }
-        let remove = |p: &Path| match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
-            Ok(_) => std::fs::remove_file(p),
-            Err(e) => Err(e),
-        };
-        for p in ours {
-            let _ = remove(p);
-        }
-        if let Ok(rd) = std::fs::read_dir(dir) {
-            for e in rd.filter_map(|e| e.ok()) {
-                if !self.entries.contains(&e.file_name()) {
-                    let _ = remove(&e.path());
-                }
-            }
-        }
+/// [`too_big`] for EFBIG, else the usual hint, for the up-front probe of `bytes`.
+fn too_big_or(io: std::io::Error, out_dir: &Path, bytes: u64) -> anyhow::Error {
+    if io.raw_os_error() == Some(libc_efbig()) {
+        return anyhow!(
+            "diskSize {bytes} bytes: the raw image is larger than the largest file the filesystem of '{}' holds (16 TiB on ext4 with 4 KiB blocks); choose a smaller diskSize, a format that stores only data (qcow2), or an output folder on xfs or btrfs",
+            out_dir.display()
+        );
     }
+    anyhow!("cannot make the image in '{}': {io}; choose another output folder with -o", out_dir.display())
 }
 
 /// The variables nixpkgs' postVM sees, as far as they mean something
@@ -576,7 +686,7 @@ round_to_nearest() { echo $(( ( $1 / $2 + 1 ) * $2 )); }
 
 /// Runs postVM with bash as nixpkgs' builder does (errexit, pipefail), in a scratch folder
 /// (nixpkgs' build folder), its output on stderr (stdout may carry --json).
-fn run_post_vm(script: &str, v: &PostVmVars) -> Result<()> {
+fn run_post_vm(script: &str, v: &PostVmVars, reg: &Scratch) -> Result<()> {
     use std::os::fd::AsFd;
     let scratch = tempfile::tempdir().context("postVM: cannot make a scratch folder in TMPDIR")?;
     let stdout = std::io::stderr().as_fd().try_clone_to_owned().context("postVM: stderr")?;
@@ -601,7 +711,16 @@ fn run_post_vm(script: &str, v: &PostVmVars) -> Result<()> {
     if let Some(e) = &v.efi_vars {
         cmd.env("efiVars", e);
     }
-    let status = cmd.status().context("postVM: cannot run bash; postVM scripts are bash, as in nixpkgs")?;
+    let mut child = cmd.spawn().context("postVM: cannot run bash; postVM scripts are bash, as in nixpkgs")?;
+    // Registered so that an interrupt can stop it (see Scratch::abandon).
+    if let Err(e) = reg.set_child(i32::try_from(child.id()).ok()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    let status = child.wait();
+    let _ = reg.set_child(None);
+    let status = status.context("postVM: waiting for bash")?;
     if !status.success() {
         match status.code() {
             Some(c) => bail!("postVM failed with exit status {c}"),

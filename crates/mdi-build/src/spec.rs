@@ -494,17 +494,20 @@ impl Spec {
     /// diskSize: "auto", a number of MiB, or an IEC string.
     pub fn disk_size(&self) -> Result<DiskSize, SpecError> {
         let bad = |what: String| SpecError::BadValue { key: "diskSize".into(), what };
+        // Exact: a count of MiB whose bytes do not fit 64 bits is refused, not wrapped.
+        let mib = |m: u64| m.checked_mul(1 << 20);
+        let too_many = |m: u64| format!("{m} MiB is more bytes than a 64-bit size holds; give a size like 4G or 2T");
         match &self.disk_size {
             Value::String(s) if s == "auto" => Ok(DiskSize::Auto),
-            Value::Number(n) => n
-                .as_u64()
-                .map(|m| DiskSize::Bytes(m << 20))
-                .ok_or_else(|| bad(format!("{n} is not a whole number of MiB"))),
+            Value::Number(n) => match n.as_u64() {
+                Some(m) => mib(m).map(DiskSize::Bytes).ok_or_else(|| bad(too_many(m))),
+                None => Err(bad(format!("{n} is not a whole number of MiB"))),
+            },
             Value::String(s) => match s.parse::<u64>() {
-                Ok(m) => Ok(DiskSize::Bytes(m << 20)),
-                Err(_) => parse_iec(s)
-                    .map(DiskSize::Bytes)
-                    .ok_or_else(|| bad(format!("'{s}' is not \"auto\", a number of MiB or a size like 4G"))),
+                Ok(m) => mib(m).map(DiskSize::Bytes).ok_or_else(|| bad(too_many(m))),
+                Err(_) => parse_iec(s).map(DiskSize::Bytes).ok_or_else(|| {
+                    bad(format!("'{s}' is not \"auto\", a number of MiB or a size like 4G (below 16 EiB)"))
+                }),
             },
             v => Err(bad(format!("{v} is not \"auto\" or a size"))),
         }

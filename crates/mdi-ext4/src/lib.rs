@@ -39,6 +39,12 @@ mod writer;
 mod xattr;
 
 pub use geometry::BLOCK_SIZE;
+
+/// The largest filesystem written: 64 TiB. Every group's bitmaps and descriptor are
+/// written eagerly (no uninit_bg), so the time, the output and the descriptor table held
+/// in memory grow with the size: at 64 TiB about 25 s, 3 GiB of qcow2 and 32 MiB. It also
+/// keeps s_inodes_count (32 bits) exact at the default inode ratio's cap.
+pub const MAX_BYTES: u64 = 64 << 40;
 pub use writer::write;
 
 use std::path::PathBuf;
@@ -147,6 +153,30 @@ pub enum Error {
     /// More inodes than ext4 can address.
     #[error("the tree has {0} entries, more than ext4 can hold")]
     TooManyInodes(u64),
+    /// A file with more hard links than ext4's i_links_count holds.
+    #[error(
+        "'{path}' has {links} hard links, more than ext4 allows a file ({max}); make some of them copies or symlinks"
+    )]
+    TooManyLinks {
+        /// The file (its first name in the image).
+        path: String,
+        /// How many names it has.
+        links: u64,
+        /// EXT4_LINK_MAX.
+        max: u32,
+    },
+    /// `/lost+found` exists but is not a directory: e2fsck and the kernel expect the
+    /// directory there, so the entry would be shadowed or duplicated.
+    #[error("'/lost+found' in the tree is a {0}, but ext4 keeps a folder of that name at the root for e2fsck; rename or remove it from the source")]
+    LostFoundNotDir(&'static str),
+    /// A size beyond what the writer makes.
+    #[error("a {bytes}-byte ext4 filesystem is larger than this writer makes ({max} bytes = {} TiB); choose a smaller diskSize (the filesystem can be grown on the running system with resize2fs)", max >> 40)]
+    TooLarge {
+        /// The size asked for (or that additionalSpace leads to), bytes.
+        bytes: u64,
+        /// [`MAX_BYTES`].
+        max: u64,
+    },
     /// The build was cancelled.
     #[error("interrupted")]
     Interrupted,

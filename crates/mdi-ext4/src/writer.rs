@@ -15,7 +15,6 @@ use mdi_sink::{is_zero, Sink};
 use mdi_tree::{EntryId, FileData, Kind, Tree, ROOT};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -31,6 +30,34 @@ const BYTES_PER_FREE_INODE: u64 = 16384;
 const HEAD_ALIGN_BLOCKS: u64 = 16;
 /// Directories with more links than this get i_links_count 1 (dir_nlink).
 const MAX_DIR_LINKS: u32 = 65000;
+/// EXT4_LINK_MAX: the most names a non-directory may have. dir_nlink's "1 means many"
+/// applies to directories only; the kernel refuses link(2) beyond this, and e2fsck
+/// compares the count exactly, so more names cannot be written.
+const MAX_FILE_LINKS: u32 = 65000;
+
+/// One allocation the writer made before the tail, in order, so that the layout can be
+/// replayed for another head size (to find the true minimum size, see [`too_small`]).
+#[derive(Clone, Copy)]
+enum Req {
+    /// Contiguous blocks that are no inode's extents (xattr blocks).
+    Contig(u64),
+    /// `n` blocks of inode `idx` (node index) at logical block `logical`, as runs.
+    Runs { idx: u32, logical: u32, n: u64 },
+}
+
+/// The head (superblock, GDT region, resize indirect block) for a filesystem of at most
+/// `blocks_ub` blocks, rounded to 64 KiB: the GDT region must hold the descriptors of every
+/// group plus mke2fs's reserve for 1024-fold growth. Returns (GDT region, head length).
+fn head_for(blocks_ub: u64) -> (u64, u64) {
+    let groups_ub = blocks_ub.div_ceil(BLOCKS_PER_GROUP).max(1);
+    let gdt_region = desc_blocks(groups_ub) + reserved_gdt_for(blocks_ub).max(1);
+    // The superblock region (superblock, GDT region, the resize inode's indirect block) is
+    // written last, in every backup group too. Rounding it to 64 KiB keeps it out of the
+    // clusters that data lands in, so a compressed container never has to compress a
+    // cluster twice.
+    let dind = 1 + gdt_region;
+    (gdt_region, (dind + 1).next_multiple_of(HEAD_ALIGN_BLOCKS))
+}
 
 /// Per-inode state while the filesystem is built.
 struct Node {
@@ -90,8 +117,27 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
     }
     let t = (opts.time, 0u32);
 
+    // Sizes are checked before anything is allocated from them.
+    match opts.size {
+        SizeRequest::Fixed { bytes } if bytes > crate::MAX_BYTES => {
+            return Err(Error::TooLarge { bytes, max: crate::MAX_BYTES })
+        }
+        SizeRequest::Auto { extra_bytes, align_bytes }
+            if extra_bytes > crate::MAX_BYTES || align_bytes > crate::MAX_BYTES =>
+        {
+            return Err(Error::TooLarge { bytes: extra_bytes.max(align_bytes), max: crate::MAX_BYTES })
+        }
+        _ => {}
+    }
+
     // ---- 1. Number inodes: depth-first in sorted order; hard links share one inode.
-    let has_lpf = tree.child(ROOT, b"lost+found").is_some_and(|c| matches!(tree.get(c).kind, Kind::Dir { .. }));
+    // A non-directory named lost+found at the root would sit beside the lost+found the
+    // filesystem needs (two entries of one name): refuse it.
+    let has_lpf = match tree.child(ROOT, b"lost+found").map(|c| &tree.get(c).kind) {
+        Some(Kind::Dir { .. }) => true,
+        Some(k) => return Err(Error::LostFoundNotDir(kind_name(k))),
+        None => false,
+    };
     let mut ino_of = vec![0u32; tree.len()];
     let mut nodes: Vec<Node> = Vec::new(); // index = ino - 1
     let blank = |entry| Node { entry, links: 0, inode: Inode::default(), extents: Vec::new(), extra_blocks: 0 };
@@ -138,6 +184,10 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
     if let Some(p) = bad_name {
         return Err(Error::BadName(p));
     }
+    if let Some(n) = nodes.iter().find(|n| n.links > MAX_FILE_LINKS) {
+        let id = n.entry.expect("only tree entries have several names");
+        return Err(Error::TooManyLinks { path: tree.path_of(id), links: n.links.into(), max: MAX_FILE_LINKS });
+    }
     let last_ino = nodes.len() as u64;
     if last_ino > u64::from(u32::MAX) / 2 {
         return Err(Error::TooManyInodes(last_ino));
@@ -166,15 +216,10 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
                 + 4096
         }
     };
-    let groups_ub = blocks_ub.div_ceil(BLOCKS_PER_GROUP).max(1);
-    let gdt_region = desc_blocks(groups_ub) + reserved_gdt_for(blocks_ub).max(1);
-    // The superblock region (superblock, GDT region, the resize inode's indirect block) is
-    // written last, in every backup group too. Rounding it to 64 KiB keeps it out of the
-    // clusters that data lands in, so a compressed container never has to compress a
-    // cluster twice.
+    let (gdt_region, head_len) = head_for(blocks_ub);
     let dind = 1 + gdt_region;
-    let head_len = (dind + 1).next_multiple_of(HEAD_ALIGN_BLOCKS);
     let mut alloc = Alloc::new(head_len);
+    let mut log: Vec<Req> = Vec::new();
 
     // ---- 3. Metadata known before the data: resize indirect block, then per inode its
     // xattr block and directory / long-symlink blocks, written right away.
@@ -196,6 +241,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
                 blocks.push(dir_entry::leaf_block(&[], seed));
             }
             place_blocks(&mut alloc, sink, &blocks, &mut node.extents)?;
+            log.push(Req::Runs { idx: idx as u32, logical: 0, n: blocks.len() as u64 });
             let n = &mut *node;
             n.links = 2;
             n.inode = special_inode(inode::S_IFDIR | 0o700, LPF_BLOCKS * BLOCK_SIZE, FL_EXTENTS, t);
@@ -218,6 +264,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
             xattr::Placement::Inline(area) => node_inode.inline_xattrs = area,
             xattr::Placement::Block(mut b) => {
                 let at = alloc.contiguous(1);
+                log.push(Req::Contig(1));
                 xattr::seal_block(&mut b, at, fs_seed);
                 sink.write_at(at * BLOCK_SIZE, &b).map_err(Error::Write)?;
                 node_inode.file_acl = at;
@@ -249,6 +296,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
                 node_inode.flags |= FL_EXTENTS;
                 node_inode.size = blocks.len() as u64 * BLOCK_SIZE;
                 place_blocks(&mut alloc, sink, &blocks, &mut node.extents)?;
+                log.push(Req::Runs { idx: idx as u32, logical: 0, n: blocks.len() as u64 });
                 let links = 2 + subdirs;
                 node.links = if links > MAX_DIR_LINKS { 1 } else { links };
             }
@@ -265,6 +313,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
                     b[..target.len()].copy_from_slice(target);
                     node_inode.flags |= FL_EXTENTS;
                     place_blocks(&mut alloc, sink, &[b], &mut node.extents)?;
+                    log.push(Req::Runs { idx: idx as u32, logical: 0, n: 1 });
                 }
             }
             Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } => {
@@ -295,7 +344,7 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
             _ => None,
         })
         .collect();
-    let data_bytes = stream_data(&jobs, &mut nodes, &mut alloc, sink, opts)?;
+    let data_bytes = stream_data(&jobs, &mut nodes, &mut alloc, &mut log, sink, opts)?;
 
     phase("data streamed");
     // ---- 5. Extent-tree blocks for inodes with more than four extents.
@@ -311,7 +360,13 @@ pub fn write(tree: &Tree, opts: &Options, sink: &mut dyn Sink) -> Result<Report,
 
     // ---- 6. Size the filesystem and place journal, bitmaps and inode tables.
     let used_inodes = last_ino;
-    let tail = size_and_place_tail(&alloc, used_inodes, head_len, opts)?;
+    let tail = match size_and_place_tail(&alloc, used_inodes, head_len, opts) {
+        Err(Error::TooSmall { have, .. }) => {
+            let need = min_fixed_size(&log, nodes.len(), used_inodes)?;
+            return Err(Error::TooSmall { need, have });
+        }
+        r => r?,
+    };
     let Tail {
         blocks,
         groups,
@@ -573,23 +628,71 @@ struct Tail {
     alloc: Alloc,
 }
 
+/// Places journal, bitmaps and inode tables after `base` for `blocks` blocks in `groups`
+/// groups; returns the placement and its end.
+fn place_tail(base: &Alloc, blocks: u64, groups: u64, ipg: u64, journal_len: u64) -> (Tail, u64) {
+    let itb = ipg * INODE_SIZE / BLOCK_SIZE;
+    let mut a = base.clone();
+    let journal_runs = a.runs(journal_len);
+    let jext: Vec<Extent> = {
+        let mut v = Vec::new();
+        let mut l = 0u32;
+        for &(s, n) in &journal_runs {
+            extent::push(&mut v, l, s, n as u32);
+            l += n as u32;
+        }
+        v
+    };
+    let journal_tree: Vec<u64> = (0..extent::tree_blocks(jext.len())).map(|_| a.contiguous(1)).collect();
+    let block_bitmaps: Vec<u64> = (0..groups).map(|_| a.contiguous(1)).collect();
+    let inode_bitmaps: Vec<u64> = (0..groups).map(|_| a.contiguous(1)).collect();
+    let inode_tables: Vec<u64> = (0..groups).map(|_| a.contiguous(itb)).collect();
+    let end = a.next();
+    let tail = Tail {
+        blocks,
+        groups,
+        ipg: ipg as u32,
+        journal_len,
+        journal_runs,
+        journal_tree,
+        block_bitmaps,
+        inode_bitmaps,
+        inode_tables,
+        alloc: a,
+    };
+    (tail, end)
+}
+
+/// Inodes per group for `wanted` inodes over `groups` groups: whole inode-table blocks,
+/// at most one bitmap block's worth, and s_inodes_count (32 bits) must hold the total.
+fn ipg_for(wanted: u64, groups: u64) -> u64 {
+    wanted.div_ceil(groups).next_multiple_of(INODES_PER_BLOCK).clamp(INODES_PER_BLOCK, max_ipg(groups))
+}
+
+/// The most inodes per group: one bitmap block's worth, and s_inodes_count (32 bits)
+/// must hold the total.
+fn max_ipg(groups: u64) -> u64 {
+    let cap = (u64::from(u32::MAX) / groups) / INODES_PER_BLOCK * INODES_PER_BLOCK;
+    MAX_INODES_PER_GROUP.min(cap).max(INODES_PER_BLOCK)
+}
+
 /// Finds the filesystem size and places the journal, bitmaps and inode tables after
 /// everything else. The size, the journal size (a step function of the size), the group
 /// count and the inodes per group depend on each other: iterate to the fixed point.
 fn size_and_place_tail(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Options) -> Result<Tail, Error> {
-    let (extra_blocks, align, fixed) = match opts.size {
+    let (extra_blocks, align) = match opts.size {
         SizeRequest::Auto { extra_bytes, align_bytes } => {
-            (extra_bytes.div_ceil(BLOCK_SIZE), (align_bytes / BLOCK_SIZE).max(1), None)
+            (extra_bytes.div_ceil(BLOCK_SIZE), (align_bytes / BLOCK_SIZE).max(1))
         }
-        SizeRequest::Fixed { bytes } => (0, 1, Some(trim_last_group(bytes / BLOCK_SIZE, head_len))),
+        SizeRequest::Fixed { bytes } => return fixed_tail(base, used_inodes, head_len, bytes),
     };
-    let mut blocks = fixed.unwrap_or_else(|| base.next() + extra_blocks);
+    let mut blocks = base.next() + extra_blocks;
     for _ in 0..64 {
+        if blocks > crate::MAX_BYTES / BLOCK_SIZE {
+            return Err(Error::TooLarge { bytes: blocks * BLOCK_SIZE, max: crate::MAX_BYTES });
+        }
         let groups = blocks.div_ceil(BLOCKS_PER_GROUP).max(1);
-        let wanted = match fixed {
-            Some(b) => (used_inodes + 16).max(b * BLOCK_SIZE / BYTES_PER_FREE_INODE),
-            None => used_inodes + 16 + extra_blocks * BLOCK_SIZE / BYTES_PER_FREE_INODE,
-        };
+        let wanted = used_inodes + 16 + extra_blocks * BLOCK_SIZE / BYTES_PER_FREE_INODE;
         let min_groups_for_inodes = wanted.div_ceil(MAX_INODES_PER_GROUP);
         // The fewest blocks that give enough groups for the inodes.
         let floor = match min_groups_for_inodes {
@@ -597,73 +700,62 @@ fn size_and_place_tail(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Opt
             g => (g - 1) * BLOCKS_PER_GROUP + head_len + 1024,
         };
         if groups < min_groups_for_inodes {
-            match fixed {
-                // Fewer inodes than the ratio asks for is fine as long as the tree fits.
-                Some(_) if used_inodes + 16 <= groups * MAX_INODES_PER_GROUP => {}
-                Some(_) => return Err(too_small(base, used_inodes, head_len, opts, blocks)),
-                None => {
-                    blocks = floor.next_multiple_of(align);
-                    continue;
-                }
-            }
+            blocks = floor.next_multiple_of(align);
+            continue;
         }
-        let ipg =
-            wanted.div_ceil(groups).next_multiple_of(INODES_PER_BLOCK).clamp(INODES_PER_BLOCK, MAX_INODES_PER_GROUP);
-        let itb = ipg * INODE_SIZE / BLOCK_SIZE;
+        let ipg = ipg_for(wanted, groups);
         let journal_len = journal_blocks_for(blocks);
-
-        let mut a = base.clone();
-        let journal_runs = a.runs(journal_len);
-        let jext: Vec<Extent> = {
-            let mut v = Vec::new();
-            let mut l = 0u32;
-            for &(s, n) in &journal_runs {
-                extent::push(&mut v, l, s, n as u32);
-                l += n as u32;
-            }
-            v
-        };
-        let journal_tree: Vec<u64> = (0..extent::tree_blocks(jext.len())).map(|_| a.contiguous(1)).collect();
-        let block_bitmaps: Vec<u64> = (0..groups).map(|_| a.contiguous(1)).collect();
-        let inode_bitmaps: Vec<u64> = (0..groups).map(|_| a.contiguous(1)).collect();
-        let inode_tables: Vec<u64> = (0..groups).map(|_| a.contiguous(itb)).collect();
-        let end = a.next();
-
-        let want_blocks = match fixed {
-            Some(f) => {
-                if end > f {
-                    return Err(too_small(base, used_inodes, head_len, opts, f));
-                }
-                f
-            }
-            None => {
-                let w = (end + extra_blocks).max(floor).next_multiple_of(align);
-                // A last group that is a backup group must hold more than its backup region.
-                let last_g = w.div_ceil(BLOCKS_PER_GROUP) - 1;
-                if last_g > 0 && has_super(last_g) && w - last_g * BLOCKS_PER_GROUP <= head_len {
-                    (last_g * BLOCKS_PER_GROUP + head_len + 1).next_multiple_of(align)
-                } else {
-                    w
-                }
-            }
+        let (tail, end) = place_tail(base, blocks, groups, ipg, journal_len);
+        let w = (end + extra_blocks).max(floor).next_multiple_of(align);
+        // A last group that is a backup group must hold more than its backup region.
+        let last_g = w.div_ceil(BLOCKS_PER_GROUP) - 1;
+        let want_blocks = if last_g > 0 && has_super(last_g) && w - last_g * BLOCKS_PER_GROUP <= head_len {
+            (last_g * BLOCKS_PER_GROUP + head_len + 1).next_multiple_of(align)
+        } else {
+            w
         };
         if want_blocks == blocks && journal_blocks_for(want_blocks) == journal_len {
-            return Ok(Tail {
-                blocks,
-                groups,
-                ipg: ipg as u32,
-                journal_len,
-                journal_runs,
-                journal_tree,
-                block_bitmaps,
-                inode_bitmaps,
-                inode_tables,
-                alloc: a,
-            });
+            return Ok(tail);
         }
         blocks = want_blocks;
     }
     unreachable!("the size iteration converges: every quantity grows monotonically with the size")
+}
+
+/// The tail of a filesystem of a fixed size. mke2fs's defaults come first (an inode per
+/// 16 KiB, the journal of its size table); when the tree leaves no room for them, fewer
+/// inodes (the tree's own plus 16) and then ever smaller journals, down to JBD2's 1024
+/// blocks. So a size that fits the tree never fails because of a default that grows with
+/// the size, and whether a size fits is monotonic in the size (which [`min_fixed_size`]
+/// relies on). Sizes that fitted with the defaults get the same bytes as always.
+fn fixed_tail(base: &Alloc, used_inodes: u64, head_len: u64, bytes: u64) -> Result<Tail, Error> {
+    let too_small = || Error::TooSmall { need: 0, have: bytes };
+    let blocks = trim_last_group(bytes / BLOCK_SIZE, head_len);
+    let groups = blocks.div_ceil(BLOCKS_PER_GROUP).max(1);
+    let least = used_inodes + 16;
+    if least > groups * max_ipg(groups) {
+        return Err(too_small());
+    }
+    let default_journal = journal_blocks_for(blocks);
+    let mut tries = vec![(least.max(blocks * BLOCK_SIZE / BYTES_PER_FREE_INODE), default_journal)];
+    let mut j = default_journal;
+    loop {
+        tries.push((least, j));
+        if j <= 1024 {
+            break;
+        }
+        j = (j / 2).max(1024);
+    }
+    for (wanted, journal_len) in tries {
+        if blocks <= head_len + journal_len {
+            continue;
+        }
+        let (tail, end) = place_tail(base, blocks, groups, ipg_for(wanted, groups), journal_len);
+        if end <= blocks {
+            return Ok(tail);
+        }
+    }
+    Err(too_small())
 }
 
 /// A fixed size whose last group is a backup group too small to hold more than its
@@ -677,17 +769,81 @@ fn trim_last_group(blocks: u64, head_len: u64) -> u64 {
     }
 }
 
-fn too_small(base: &Alloc, used_inodes: u64, head_len: u64, opts: &Options, have: u64) -> Error {
-    let auto = Options { size: SizeRequest::Auto { extra_bytes: 0, align_bytes: BLOCK_SIZE }, ..opts.clone() };
-    let need = match size_and_place_tail(base, used_inodes, head_len, &auto) {
-        Ok(t) => t.blocks * BLOCK_SIZE,
-        Err(_) => 0,
-    };
-    let have_bytes = match opts.size {
-        SizeRequest::Fixed { bytes } => bytes,
-        _ => have * BLOCK_SIZE,
-    };
-    Error::TooSmall { need, have: have_bytes }
+/// The allocations before the tail as they fall for a head of `head_len` blocks: the
+/// same requests in the same order, extents counted the same way, then the extent-tree
+/// blocks (step 5 of [`write`]).
+fn replay(log: &[Req], nodes: usize, head_len: u64) -> Alloc {
+    let mut a = Alloc::new(head_len);
+    let mut extents: Vec<Vec<Extent>> = vec![Vec::new(); nodes];
+    for r in log {
+        match *r {
+            Req::Contig(n) => {
+                a.contiguous(n);
+            }
+            Req::Runs { idx, logical, n } => {
+                let mut done = 0u64;
+                while done < n {
+                    let (s, l) = a.run(n - done);
+                    extent::push(&mut extents[idx as usize], logical + done as u32, s, l as u32);
+                    done += l;
+                }
+            }
+        }
+    }
+    for e in &extents {
+        for _ in 0..extent::tree_blocks(e.len()) {
+            a.contiguous(1);
+        }
+    }
+    a
+}
+
+/// Whether a filesystem of exactly `bytes` holds what `log` placed.
+fn fits(log: &[Req], nodes: usize, used_inodes: u64, bytes: u64) -> bool {
+    let (_, head_len) = head_for(bytes / BLOCK_SIZE);
+    fixed_tail(&replay(log, nodes, head_len), used_inodes, head_len, bytes).is_ok()
+}
+
+/// The granularity of the minimum reported by [`Error::TooSmall`]: every caller sizes
+/// partitions in whole MiB.
+const NEED_STEP: u64 = 1 << 20;
+
+/// The smallest whole-MiB size that holds the tree, found by replaying the layout for
+/// each candidate size (the head, and so every later block, moves with the size): a
+/// binary search, since fitting is monotonic in the size ([`fixed_tail`]).
+fn min_fixed_size(log: &[Req], nodes: usize, used_inodes: u64) -> Result<u64, Error> {
+    let max_steps = crate::MAX_BYTES / NEED_STEP;
+    let fit = |steps: u64| fits(log, nodes, used_inodes, steps * NEED_STEP);
+    let mut hi = 1u64;
+    while !fit(hi) {
+        if hi >= max_steps {
+            return Err(Error::TooLarge { bytes: crate::MAX_BYTES + 1, max: crate::MAX_BYTES });
+        }
+        hi = (hi * 2).min(max_steps);
+    }
+    let mut lo = 0u64; // does not fit (nothing fits in 0 bytes)
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fit(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(hi * NEED_STEP)
+}
+
+/// A kind's name for messages.
+fn kind_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::Dir { .. } => "folder",
+        Kind::File { .. } => "regular file",
+        Kind::Symlink { .. } => "symlink",
+        Kind::CharDev { .. } => "character device",
+        Kind::BlockDev { .. } => "block device",
+        Kind::Fifo => "named pipe",
+        Kind::Socket => "socket",
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -757,7 +913,7 @@ fn read_chunk(c: &Chunk<'_>, file_size: u64) -> Result<ChunkOut, Error> {
         FileData::Path(path) => {
             use std::os::unix::fs::MetadataExt;
             let rerr = |source| Error::Read { path: path.clone(), source };
-            let f = File::open(path).map_err(rerr)?;
+            let f = mdi_tree::open_file(path).map_err(rerr)?;
             let md = f.metadata().map_err(rerr)?;
             if md.len() != file_size {
                 return Err(Error::SourceChanged(path.clone()));
@@ -831,6 +987,7 @@ fn stream_data(
     jobs: &[(usize, &FileData, u64)],
     nodes: &mut [Node],
     alloc: &mut Alloc,
+    log: &mut Vec<Req>,
     sink: &mut dyn Sink,
     opts: &Options,
 ) -> Result<u64, Error> {
@@ -890,6 +1047,7 @@ fn stream_data(
                 let idx = jobs[out.job].0;
                 let mut off = 0usize;
                 for &(lb, count) in &out.runs {
+                    log.push(Req::Runs { idx: idx as u32, logical: lb as u32, n: count });
                     let mut done = 0u64;
                     while done < count {
                         let (s, l) = alloc.run(count - done);

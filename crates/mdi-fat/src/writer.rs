@@ -259,7 +259,7 @@ pub fn write(tree: &Tree, root: EntryId, bytes: u64, opts: &Options, sink: &mut 
             }
             FileData::Path(p) => {
                 let rerr = |source| Error::Read { path: p.clone(), source };
-                let mut f = std::fs::File::open(p).map_err(rerr)?;
+                let mut f = mdi_tree::open_file(p).map_err(rerr)?;
                 let mut buf = vec![0u8; (8 << 20).min(size as usize)];
                 let mut done = 0u64;
                 while done < size {

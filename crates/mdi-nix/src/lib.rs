@@ -210,7 +210,7 @@ pub fn add_store_paths(
     store_root: &Path,
     clamp: i64,
 ) -> Result<(), NixError> {
-    let opts = ScanOptions { clamp, keep_owner: false, keep_xattrs: false };
+    let opts = ScanOptions { clamp, keep_owner: false, keep_xattrs: false, cancel: None };
     let scanned: Vec<Result<(Vec<u8>, Tree), NixError>> = paths
         .par_iter()
         .map(|p| {

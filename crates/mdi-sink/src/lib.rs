@@ -25,6 +25,35 @@ pub trait Sink: Send {
     }
 }
 
+/// Fault injection for tests: passes the first `budget` writes through to `inner`, then
+/// fails every write, as a full or failing disk would. Lets tests prove that a write
+/// error anywhere leaves no corrupt output behind.
+pub struct FailAfter<S> {
+    /// The real sink.
+    pub inner: S,
+    /// Writes still allowed.
+    pub budget: u64,
+}
+
+impl<S: Sink> Sink for FailAfter<S> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.budget == 0 {
+            return Err(io::Error::other("injected write fault"));
+        }
+        self.budget -= 1;
+        self.inner.write_at(offset, data)
+    }
+}
+
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        (**self).write_at(offset, data)
+    }
+    fn write_vectored_at(&mut self, offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        (**self).write_vectored_at(offset, bufs)
+    }
+}
+
 /// Granularity at which all-zero data is dropped.
 const ZERO_GRAIN: usize = 4096;
 

@@ -10,7 +10,7 @@
 mod host;
 pub mod stage;
 
-pub use host::{scan_host, ScanOptions};
+pub use host::{open_deep, open_file, scan_host, ScanOptions};
 pub use mdi_ident::Timestamp;
 
 use std::path::PathBuf;

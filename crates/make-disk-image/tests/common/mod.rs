@@ -449,3 +449,33 @@ pub fn qemu_until(mut cmd: Command, want: &str, image: &Path) -> String {
     assert!(found, "no '{want}' on the serial console of {}:\n{log}", image.display());
     log
 }
+
+/// `e2fsck_clean` on the root filesystem of a build in `out` (raw format), whatever the
+/// layout: the partition is copied out (sparsely) at the offset manifest.json gives.
+pub fn e2fsck_root(out: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let m: serde_json::Value = serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let root = m["filesystems"].as_array().unwrap().iter().find(|f| f["role"] == "root").unwrap().clone();
+    let (off, size) = (root["offset"].as_u64().unwrap(), root["size"].as_u64().unwrap());
+    let img = out.join(m["image"]["file"].as_str().unwrap());
+    if off == 0 {
+        return e2fsck_clean(&img);
+    }
+    let part = tempfile::NamedTempFile::new().unwrap();
+    let mut src = fs::File::open(&img).unwrap();
+    src.seek(SeekFrom::Start(off)).unwrap();
+    let mut dst = part.reopen().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < size {
+        let n = buf.len().min((size - done) as usize);
+        src.read_exact(&mut buf[..n]).unwrap();
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.seek(SeekFrom::Start(done)).unwrap();
+            dst.write_all(&buf[..n]).unwrap();
+        }
+        done += n as u64;
+    }
+    dst.set_len(size).unwrap();
+    e2fsck_clean(part.path());
+}
