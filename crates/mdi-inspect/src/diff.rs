@@ -65,9 +65,10 @@ impl Outcome {
     }
 }
 
-/// Runs `make-disk-image diff`: (exit code, text to print).
-pub fn run(a: &Path, b: &Path, as_json: bool) -> (i32, String) {
-    let open = |p: &Path| Disk::open(p).map_err(|e| format!("cannot read image '{}': {e}", p.display()));
+/// Runs `make-disk-image diff`: (exit code, text for stdout, errors for stderr). In JSON
+/// the errors are also in the document's "errors".
+pub fn run(a: &Path, b: &Path, as_json: bool, format: Option<mdi_container::read::Format>) -> (i32, String, String) {
+    let open = |p: &Path| Disk::open_as(p, format).map_err(|e| format!("cannot read image '{}': {e}", p.display()));
     let out = match (open(a), open(b)) {
         (Ok(da), Ok(db)) => diff(&da, &db),
         (ea, eb) => {
@@ -98,10 +99,11 @@ pub fn run(a: &Path, b: &Path, as_json: bool) -> (i32, String) {
     } else {
         render(&out, a, b)
     };
-    (code, text)
+    let errors: String = out.errors.iter().map(|e| format!("error: {e}\n")).collect();
+    (code, text, errors)
 }
 
-/// The human-readable form.
+/// The human-readable form (without the errors, which go to stderr).
 pub fn render(out: &Outcome, a: &Path, b: &Path) -> String {
     let mut s = String::new();
     for n in &out.notes {
@@ -113,9 +115,6 @@ pub fn render(out: &Outcome, a: &Path, b: &Path) -> String {
         } else {
             let _ = writeln!(s, "{}: {}: {} vs {}", d.place, d.what, d.a, d.b);
         }
-    }
-    for e in &out.errors {
-        let _ = writeln!(s, "error: {e}");
     }
     if out.errors.is_empty() {
         if out.differences.is_empty() {

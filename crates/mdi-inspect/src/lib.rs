@@ -19,7 +19,9 @@
 //!     "format": "qcow2",            // raw, qcow2, vdi, vpc, vmdk, vhdx
 //!     "virtualSize": 1073741824,
 //!     "fileSize": 2228224,
-//!     "header": [["version", "3"], ["cluster_bits", "16"], ...]   // as the format names them; [] for raw
+//!     "header": [["version", "3"], ["cluster_bits", "16"], ...],  // as the format names them; [] for raw
+//!     "notes": ["…"]                // what the reader decided: a raw file padded to whole
+//!                                   // sectors, a VHD sized by its CHS geometry, …
 //!   },
 //!   "partitionTable": null | {
 //!     "type": "gpt",                // "gpt" or "dos", as sfdisk --json's "label"
@@ -61,7 +63,8 @@ pub mod content;
 pub mod diff;
 pub mod fs;
 
-use mdi_container::read::{Format, Image};
+pub use mdi_container::read::Format;
+use mdi_container::read::Image;
 use mdi_ptable::read::{self as ptable, Table};
 use mdi_sink::{ReadAt, Window};
 use serde_json::{json, Value};
@@ -81,18 +84,26 @@ pub struct Disk {
     pub file_size: u64,
     /// The name used in messages.
     pub name: String,
+    /// What the format's reader decided that the user should know (padding, rounding).
+    pub notes: Vec<String>,
 }
 
 impl Disk {
     /// Opens an image file of any format the readers know.
     pub fn open(path: &Path) -> io::Result<Disk> {
-        let img = mdi_container::read::open(path)?;
+        Disk::open_as(path, None)
+    }
+
+    /// Opens an image file as `format` (None: detect it; see `mdi_container::read::open_as`).
+    pub fn open_as(path: &Path, format: Option<Format>) -> io::Result<Disk> {
+        let img = mdi_container::read::open_as(path, format)?;
         let file_size = std::fs::metadata(path)?.len();
         Ok(Disk::from_image(&path.display().to_string(), img, file_size))
     }
 
     /// Wraps an opened image.
     pub fn from_image(name: &str, img: Box<dyn Image>, file_size: u64) -> Disk {
+        let notes = img.notes();
         let header = img.header().iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
         Disk {
             size: img.virtual_size(),
@@ -101,6 +112,7 @@ impl Disk {
             img: Mutex::new(img),
             file_size,
             name: name.into(),
+            notes,
         }
     }
 
@@ -250,6 +262,7 @@ pub fn inspect(disk: &Disk) -> io::Result<Value> {
             "virtualSize": disk.size(),
             "fileSize": disk.file_size,
             "header": disk.header,
+            "notes": disk.notes,
         },
         "partitionTable": l.table.as_ref().map(table_json),
         "filesystems": filesystems,
@@ -357,6 +370,9 @@ pub fn render(v: &Value) -> String {
         let fields: Vec<String> =
             h.iter().map(|f| format!("{}={}", f[0].as_str().unwrap_or(""), f[1].as_str().unwrap_or(""))).collect();
         let _ = writeln!(s, "  header: {}", fields.join(" "));
+    }
+    for n in img["notes"].as_array().into_iter().flatten() {
+        let _ = writeln!(s, "  note: {}", n.as_str().unwrap_or(""));
     }
     let fss = v["filesystems"].as_array().cloned().unwrap_or_default();
     let fs_line = |f: &Value| -> String {
