@@ -289,3 +289,156 @@ fn virtual_pc_vhd_is_sized_by_its_geometry() {
     assert_eq!(qemu_vpc_size(&img), 1 << 20);
     assert_eq!(inspect_json(&img, &[])["image"]["virtualSize"], 1 << 20);
 }
+
+// ------------------------------------------------------------------ item 5
+
+/// A debugfs request's output.
+fn debugfs(img: &Path, req: &str) -> String {
+    tool("debugfs", &["-R", req, p(img)])
+}
+
+/// The first block number debugfs prints for `blocks PATH`.
+fn first_block(img: &Path, path: &str) -> u64 {
+    debugfs(img, &format!("blocks {path}")).split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn poke(img: &Path, at: u64, byte: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(&[byte], at).unwrap();
+}
+
+/// `diff --json` of two images: (exit code, the "what" of every difference).
+fn diff_whats(a: &Path, b: &Path) -> (i32, Vec<String>) {
+    let (code, out, err) = mdi(&["diff", p(a), p(b), "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let whats = v["differences"].as_array().unwrap().iter().map(|d| format!("{}: {}", d["place"], d["what"])).collect();
+    (code, whats)
+}
+
+/// Item 5: one byte changed anywhere — directory slack, past a file's end, an unwritten
+/// extent, free space, a qcow2's metadata, a raw file's last partial sector — makes `diff`
+/// exit 1 and name the structure it belongs to.
+#[test]
+fn diff_is_exact_and_names_what_no_file_explains() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let src = d.join("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    fs::write(src.join("small"), "hello\n").unwrap();
+    fs::write(src.join("big"), vec![7u8; 100_000]).unwrap();
+    fs::write(src.join("dir/f"), "x").unwrap();
+    let base = d.join("base.img");
+    // No metadata_csum: the changed bytes are then invisible to every checksum, the hardest
+    // case for a comparison by structure.
+    tool("mkfs.ext4", &["-q", "-F", "-b", "4096", "-O", "^metadata_csum", "-d", p(&src), p(&base), "16M"]);
+    // An unwritten extent at logical blocks 30-40 of /big (debugfs' fallocate).
+    debugfs_w(&base, "fallocate /big 30 40");
+    let extents = debugfs(&base, "stat /big");
+    let unwritten: u64 = extents
+        .split(|c: char| c == ' ' || c == ',' || c == '\n')
+        .find_map(|w| w.strip_prefix("(30-40[u]):").and_then(|r| r.split('-').next()).and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no unwritten extent: {extents}"));
+    let bs = 4096u64;
+    let free = (3000..4096u64).find(|b| debugfs(&base, &format!("testb {b}")).contains("not in use")).unwrap();
+    let cases: Vec<(&str, u64, &str)> = vec![
+        ("slack", first_block(&base, "/dir") * bs + 2048, "directory /dir: bytes its entries do not use"),
+        ("past-end", first_block(&base, "/small") * bs + 1000, "file /small: bytes past its end (6 bytes)"),
+        ("unwritten", unwritten * bs + 5, "file /big: an unwritten extent"),
+        ("free", free * bs + 77, "free space"),
+    ];
+    for (name, at, want) in cases {
+        let img = d.join(format!("{name}.img"));
+        fs::copy(&base, &img).unwrap();
+        poke(&img, at, 0xA5);
+        let (code, whats) = diff_whats(&base, &img);
+        assert_eq!(code, 1, "{name}: {whats:?}");
+        assert!(whats.iter().any(|w| w.contains(want) && w.contains("filesystem (ext4)")), "{name}: {whats:?}");
+        // A file that reads the same does not count as a file difference.
+        assert!(!whats.iter().any(|w| w.contains("content")), "{name}: {whats:?}");
+    }
+    let (code, whats) = diff_whats(&base, &base);
+    assert_eq!((code, whats.len()), (0, 0), "{whats:?}");
+
+    // A flipped byte in the metadata of an empty qcow2 (an unused part of its header
+    // cluster): the disks are equal, the files are not.
+    let q = d.join("empty.qcow2");
+    tool("qemu-img", &["create", "-f", "qcow2", p(&q), "64M"]);
+    let q2 = d.join("flipped.qcow2");
+    fs::copy(&q, &q2).unwrap();
+    poke(&q2, 40_000, 1);
+    let (code, whats) = diff_whats(&q, &q2);
+    assert_eq!(code, 1, "{whats:?}");
+    assert!(whats.iter().any(|w| w.contains("at file offset 39936") && w.contains("qcow2 metadata")), "{whats:?}");
+
+    // Raw files of 2,182 and 2,560 bytes are one disk (the padding of the last sector),
+    // not one file.
+    let (r1, r2) = (d.join("r1.img"), d.join("r2.img"));
+    fs::write(&r1, vec![0u8; 2182]).unwrap();
+    fs::write(&r2, vec![0u8; 2560]).unwrap();
+    let (code, whats) = diff_whats(&r1, &r2);
+    assert_eq!(code, 1, "{whats:?}");
+    assert!(whats.iter().any(|w| w.contains("file size")), "{whats:?}");
+}
+
+fn debugfs_w(img: &Path, req: &str) {
+    tool("debugfs", &["-w", "-R", req, p(img)]);
+}
+
+// ------------------------------------------------------------------ item 4
+
+/// Item 4: `diff` of an ext4 with 20,000 hard links to one file stays small (it took
+/// memory quadratic in the links: 7.1 GB for 8,000), and a changed link set is named
+/// briefly.
+#[test]
+fn diff_memory_is_linear_in_hard_links() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("links")).unwrap();
+    fs::write(src.join("target"), "one inode, many names\n").unwrap();
+    for i in 0..20_000 {
+        fs::hard_link(src.join("target"), src.join(format!("links/l{i:05}"))).unwrap();
+    }
+    let a = t.path().join("a.img");
+    tool("mkfs.ext4", &["-q", "-F", "-N", "4096", "-d", p(&src), p(&a), "64M"]);
+    fs::remove_file(src.join("links/l00000")).unwrap();
+    let b = t.path().join("b.img");
+    tool(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-N",
+            "4096",
+            "-U",
+            &uuid_of(&a),
+            "-E",
+            &format!("hash_seed={}", hash_seed_of(&a)),
+            "-d",
+            p(&src),
+            p(&b),
+            "64M",
+        ],
+    );
+    // Under a 1 GiB address-space limit (the quadratic version needed about 12 GB here).
+    let o = Command::new("sh")
+        .args(["-c", "ulimit -v 1048576 && exec \"$0\" diff \"$1\" \"$2\"", bin(), p(&a), p(&b)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{}{}", &text[..text.len().min(2000)], String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("/links/l00000: only in the first image"), "{}", &text[..text.len().min(2000)]);
+    // Every other name's link set changed: each line names a few, then a count.
+    let line = text.lines().find(|l| l.contains("/links/l00001: hard links")).expect(&text[..text.len().min(2000)]);
+    assert!(line.len() < 400 && line.contains("more"), "{line}");
+}
+
+fn uuid_of(img: &Path) -> String {
+    let out = tool("dumpe2fs", &["-h", p(img)]);
+    out.lines().find_map(|l| l.strip_prefix("Filesystem UUID:")).unwrap().trim().to_string()
+}
+
+fn hash_seed_of(img: &Path) -> String {
+    let out = tool("dumpe2fs", &["-h", p(img)]);
+    out.lines().find_map(|l| l.strip_prefix("Directory Hash Seed:")).unwrap().trim().to_string()
+}

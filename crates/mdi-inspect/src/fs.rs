@@ -164,11 +164,25 @@ pub struct Node {
     pub error: Option<String>,
 }
 
+/// What an entry's range holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Content (file data, directory records, symlink target) starting at this byte of
+    /// the entry; the part at or past the entry's size is slack of its last block.
+    Content(u64),
+    /// An allocated but unwritten extent: on disk, but it reads as zeros.
+    Unwritten,
+    /// Mapping blocks: extent tree nodes or indirect blocks.
+    Mapping,
+    /// The extended-attribute block.
+    Xattr,
+}
+
 /// Who owns a range of the filesystem.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Owner {
-    /// An entry (index into [`Walk::nodes`]): its data, directory, mapping or xattr blocks.
-    Node(usize),
+    /// An entry (index into [`Walk::nodes`]) and what the range holds for it.
+    Node(usize, Role),
     /// Filesystem metadata (superblock, group descriptors, bitmaps, inode tables, FATs, ...).
     Meta(String),
 }
@@ -484,19 +498,29 @@ fn ext_node(f: &e4::Fs<'_>, path: Vec<u8>, i: &e4::Inode, ctx: &mut Ctx, opts: W
             Ok(map) => {
                 if opts.spans {
                     let bs = f.sb.block_size;
-                    let owner = Owner::Node(usize::MAX); // patched by the caller
+                    // The entry index is patched by the caller.
                     for e in &map.extents {
+                        let role =
+                            if e.unwritten { Role::Unwritten } else { Role::Content(e.logical.saturating_mul(bs)) };
                         ctx.spans.push(Span {
                             start: e.start.saturating_mul(bs),
                             len: e.len.saturating_mul(bs),
-                            owner: owner.clone(),
+                            owner: Owner::Node(usize::MAX, role),
                         });
                     }
                     for &b in &map.meta {
-                        ctx.spans.push(Span { start: b.saturating_mul(bs), len: bs, owner: owner.clone() });
+                        ctx.spans.push(Span {
+                            start: b.saturating_mul(bs),
+                            len: bs,
+                            owner: Owner::Node(usize::MAX, Role::Mapping),
+                        });
                     }
                     if i.file_acl != 0 {
-                        ctx.spans.push(Span { start: i.file_acl.saturating_mul(bs), len: bs, owner });
+                        ctx.spans.push(Span {
+                            start: i.file_acl.saturating_mul(bs),
+                            len: bs,
+                            owner: Owner::Node(usize::MAX, Role::Xattr),
+                        });
                     }
                 }
                 if want_digest {
@@ -559,7 +583,9 @@ fn walk_ext4(f: &e4::Fs<'_>, opts: WalkOptions) -> Walk {
         let first_span = ctx.spans.len();
         let node = ext_node(f, path.clone(), &dir, &mut ctx, opts);
         for s in &mut ctx.spans[first_span..] {
-            s.owner = Owner::Node(idx);
+            if let Owner::Node(i, _) = &mut s.owner {
+                *i = idx;
+            }
         }
         nodes.push((node, idx));
         let entries = match f.read_dir(&dir) {
@@ -602,7 +628,9 @@ fn walk_ext4(f: &e4::Fs<'_>, opts: WalkOptions) -> Walk {
             let first_span = ctx.spans.len();
             let node = ext_node(f, p, &i, &mut ctx, opts);
             for s in &mut ctx.spans[first_span..] {
-                s.owner = Owner::Node(idx);
+                if let Owner::Node(i, _) = &mut s.owner {
+                    *i = idx;
+                }
             }
             nodes.push((node, idx));
         }
@@ -649,7 +677,7 @@ fn finish(mut w: Walk, mut nodes: Vec<(Node, usize)>, mut ctx: Ctx, opts: WalkOp
     }
     if opts.spans {
         for s in &mut ctx.spans {
-            if let Owner::Node(i) = &mut s.owner {
+            if let Owner::Node(i, _) = &mut s.owner {
                 *i = new_index.get(*i).copied().unwrap_or(usize::MAX);
             }
         }
@@ -693,8 +721,9 @@ fn fat_node(v: &fat::Volume<'_>, path: Vec<u8>, e: &fat::Entry, ctx: &mut Ctx, o
         Ok(chain) => {
             if opts.spans {
                 let cb = v.cluster_bytes();
-                for c in &chain {
-                    ctx.spans.push(Span { start: v.cluster_offset(*c), len: cb, owner: Owner::Node(usize::MAX) });
+                for (k, c) in chain.iter().enumerate() {
+                    let role = Role::Content((k as u64).saturating_mul(cb));
+                    ctx.spans.push(Span { start: v.cluster_offset(*c), len: cb, owner: Owner::Node(usize::MAX, role) });
                 }
             }
             if opts.content {
@@ -748,8 +777,9 @@ fn walk_fat(v: &fat::Volume<'_>, opts: WalkOptions) -> Walk {
     while let Some((path, dir, owner)) = stack.pop() {
         if opts.spans {
             let cb = v.cluster_bytes();
-            for c in v.dir_clusters(dir).unwrap_or_default() {
-                ctx.spans.push(Span { start: v.cluster_offset(c), len: cb, owner: Owner::Node(owner) });
+            for (k, c) in v.dir_clusters(dir).unwrap_or_default().into_iter().enumerate() {
+                let role = Role::Content((k as u64).saturating_mul(cb));
+                ctx.spans.push(Span { start: v.cluster_offset(c), len: cb, owner: Owner::Node(owner, role) });
             }
         }
         let entries = match v.read_dir(dir) {
@@ -774,7 +804,9 @@ fn walk_fat(v: &fat::Volume<'_>, opts: WalkOptions) -> Walk {
             let first_span = ctx.spans.len();
             let node = fat_node(v, p.clone(), &e, &mut ctx, opts);
             for s in &mut ctx.spans[first_span..] {
-                s.owner = Owner::Node(idx);
+                if let Owner::Node(i, _) = &mut s.owner {
+                    *i = idx;
+                }
             }
             nodes.push((node, idx));
             if e.is_dir() {

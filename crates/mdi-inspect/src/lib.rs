@@ -86,6 +86,8 @@ pub struct Disk {
     pub name: String,
     /// What the format's reader decided that the user should know (padding, rounding).
     pub notes: Vec<String>,
+    /// The image file, when it was opened from one (for `diff`'s byte comparison).
+    pub path: Option<std::path::PathBuf>,
 }
 
 impl Disk {
@@ -98,7 +100,9 @@ impl Disk {
     pub fn open_as(path: &Path, format: Option<Format>) -> io::Result<Disk> {
         let img = mdi_container::read::open_as(path, format)?;
         let file_size = std::fs::metadata(path)?.len();
-        Ok(Disk::from_image(&path.display().to_string(), img, file_size))
+        let mut d = Disk::from_image(&path.display().to_string(), img, file_size);
+        d.path = Some(path.to_path_buf());
+        Ok(d)
     }
 
     /// Wraps an opened image.
@@ -113,6 +117,7 @@ impl Disk {
             file_size,
             name: name.into(),
             notes,
+            path: None,
         }
     }
 
