@@ -442,3 +442,72 @@ fn hash_seed_of(img: &Path) -> String {
     let out = tool("dumpe2fs", &["-h", p(img)]);
     out.lines().find_map(|l| l.strip_prefix("Directory Hash Seed:")).unwrap().trim().to_string()
 }
+
+// ------------------------------------------------------------------ item 6
+
+/// Item 6: a GPT written by `fdisk -b 4096` (LBA 1 at byte 4096) is found with its
+/// 4096-byte sectors, its partitions where fdisk put them, and their filesystems read.
+#[test]
+fn gpt_on_4096_byte_sectors() {
+    use std::io::Write;
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let img = d.join("4kn.img");
+    fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let mut c = Command::new("fdisk")
+        .args(["-b", "4096", p(&img)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fdisk (apt-get install fdisk)");
+    // New GPT; partition 1 from sector 256, 16 MiB; partition 2 the rest; write.
+    c.stdin.take().unwrap().write_all(b"g\nn\n1\n256\n+16M\nn\n2\n\n\nw\n").unwrap();
+    assert!(c.wait().unwrap().success());
+    // fdisk's own view: "4kn.img1  256  4351  4096  16M Linux filesystem".
+    let list = tool("fdisk", &["-b", "4096", "-l", p(&img)]);
+    let rows: Vec<(u64, u64)> = list
+        .lines()
+        .filter(|l| l.starts_with(p(&img)))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].parse().unwrap(), f[3].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{list}");
+    // Filesystems made apart and copied to the partitions' byte offsets.
+    let vfat = d.join("vfat.img");
+    tool("mkfs.vfat", &["-n", "FOURK", "-C", p(&vfat), "16384"]);
+    let src = d.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("hello"), "from a 4Kn disk\n").unwrap();
+    let ext4 = d.join("ext4.img");
+    tool("mkfs.ext4", &["-q", "-F", "-L", "root4k", "-d", p(&src), p(&ext4), "32M"]);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&fs::read(&vfat).unwrap(), rows[0].0 * 4096).unwrap();
+        f.write_all_at(&fs::read(&ext4).unwrap(), rows[1].0 * 4096).unwrap();
+    }
+    let v = inspect_json(&img, &[]);
+    let table = &v["partitionTable"];
+    assert_eq!(table["type"], "gpt", "{v}");
+    assert_eq!(table["sectorSize"], 4096);
+    assert_eq!(table["problems"].as_array().unwrap().len(), 0, "{table}");
+    let parts: Vec<(u64, u64)> = table["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["start"].as_u64().unwrap(), x["size"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(parts, rows);
+    let fss = v["filesystems"].as_array().unwrap();
+    assert_eq!(fss[0]["type"], "vfat", "{v}");
+    assert_eq!(fss[0]["offset"], rows[0].0 * 4096);
+    assert_eq!(fss[1]["type"], "ext4");
+    assert_eq!(fss[1]["label"], "root4k");
+    let (code, out, err) = mdi(&["inspect", p(&img), "--cat", "root4k:/hello"]);
+    assert_eq!((code, out.as_str()), (0, "from a 4Kn disk\n"), "{err}");
+    let (code, out, _) = mdi(&["inspect", p(&img)]);
+    assert!(code == 0 && out.contains("4096-byte sectors"), "{out}");
+}

@@ -742,6 +742,7 @@ fn compare_blocks(
     let size = a.size().min(b.size());
     let parts: Vec<(&Part, Option<&Region>)> =
         la.parts.iter().map(|p| (p, regions.iter().find(|r| r.number == p.number))).collect();
+    let ss = la.table.as_ref().map_or(512, |t| t.sector_size);
     let gpt_tail = la.table.as_ref().and_then(|t| t.gpt.as_ref()).map(|h| h.last_usable + 1);
     let _ = lb;
     // Classifies one differing unit: None when explained, else what it is.
@@ -781,10 +782,10 @@ fn compare_blocks(
                 _ => Some(format!("{place}: free space")),
             }
         } else {
-            let sector = pos / 512;
+            let sector = pos / ss;
             let what = if sector == 0 {
                 "the MBR".to_string()
-            } else if la.table.as_ref().is_some_and(|t| t.gpt.is_some()) && sector <= 33 {
+            } else if la.table.as_ref().and_then(|t| t.gpt.as_ref()).is_some_and(|h| sector < h.first_usable) {
                 "the primary GPT".to_string()
             } else if gpt_tail.is_some_and(|t| sector >= t) {
                 "the backup GPT".to_string()

@@ -27,7 +27,7 @@
 //!     "type": "gpt",                // "gpt" or "dos", as sfdisk --json's "label"
 //!     "id": "…",                    // disk GUID (upper case) or MBR signature "0x1234abcd"
 //!     "firstLba": 34, "lastLba": 2097118,   // GPT only: the usable sectors
-//!     "sectorSize": 512,
+//!     "sectorSize": 512,            // 4096 for a GPT on 4096-byte sectors (found at byte 4096)
 //!     "problems": ["…"],
 //!     "partitions": [{
 //!       "number": 1,
@@ -171,8 +171,8 @@ pub fn layout(disk: &dyn ReadAt) -> io::Result<Layout> {
             .filter(|p| !matches!(p.type_id.as_str(), "5" | "f" | "85" | "ee") && p.sectors > 0)
             .map(|p| Part {
                 number: Some(p.number),
-                offset: p.start.saturating_mul(512),
-                size: p.sectors.saturating_mul(512),
+                offset: p.start.saturating_mul(t.sector_size),
+                size: p.sectors.saturating_mul(t.sector_size),
                 entry: Some(p.clone()),
             })
             .collect(),
@@ -210,7 +210,7 @@ fn table_json(t: &Table) -> Value {
     let mut v = json!({
         "type": t.kind.name(),
         "id": t.id(),
-        "sectorSize": 512,
+        "sectorSize": t.sector_size,
         "partitions": parts,
         "problems": t.problems,
     });
@@ -425,13 +425,16 @@ pub fn render(v: &Value) -> String {
             {
                 let _ = write!(s, ", usable sectors {a}-{b}");
             }
+            if let Some(ss) = t.get("sectorSize").and_then(Value::as_u64).filter(|&ss| ss != 512) {
+                let _ = write!(s, ", {ss}-byte sectors");
+            }
             let _ = writeln!(s);
             for p in t["problems"].as_array().into_iter().flatten() {
                 let _ = writeln!(s, "  problem: {}", p.as_str().unwrap_or(""));
             }
             let _ = writeln!(s, "  {:>2} {:>12} {:>12} {:>10}  type", "#", "start", "sectors", "size");
             for p in t["partitions"].as_array().into_iter().flatten() {
-                let size = p["size"].as_u64().unwrap_or(0).saturating_mul(512);
+                let size = p["size"].as_u64().unwrap_or(0).saturating_mul(t["sectorSize"].as_u64().unwrap_or(512));
                 let mut extra = String::new();
                 if let Some(n) = p["name"].as_str().filter(|n| !n.is_empty()) {
                     let _ = write!(extra, " '{n}'");
