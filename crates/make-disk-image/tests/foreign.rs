@@ -511,3 +511,42 @@ fn gpt_on_4096_byte_sectors() {
     let (code, out, _) = mdi(&["inspect", p(&img)]);
     assert!(code == 0 && out.contains("4096-byte sectors"), "{out}");
 }
+
+// ------------------------------------------------------------------ item 7
+
+/// Item 7: bigalloc ext4 (1 KiB blocks in 16 KiB clusters, where group 0's superblock is
+/// block 1 though s_first_data_block is 0; and 4 KiB blocks in 64 KiB clusters) is read:
+/// the summary matches dumpe2fs, files list and read back.
+#[test]
+fn bigalloc_ext4_is_read() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    fs::write(src.join("dir/data"), &data).unwrap();
+    fs::write(src.join("hello"), "bigalloc\n").unwrap();
+    for (bs, cluster) in [("1024", "16384"), ("4096", "65536")] {
+        let img = t.path().join(format!("bigalloc-{bs}.img"));
+        tool("mkfs.ext4", &["-q", "-F", "-b", bs, "-O", "bigalloc", "-C", cluster, "-d", p(&src), p(&img), "128M"]);
+        e2fsck_clean(&img);
+        let dump = tool("dumpe2fs", &["-h", p(&img)]);
+        let field =
+            |name: &str| -> u64 { dump.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim().parse().unwrap() };
+        let v = inspect_json(&img, &[]);
+        let f = &v["filesystems"][0];
+        assert_eq!(f["type"], "ext4", "{v}");
+        assert!(f.get("error").is_none(), "{f}");
+        assert_eq!(f["problems"].as_array().unwrap().len(), 0, "{f}");
+        assert_eq!(f["blockSize"], field("Block size:"));
+        assert_eq!(f["clusterSize"], field("Cluster size:"));
+        assert_eq!(f["blocks"], field("Block count:"));
+        assert_eq!(f["freeBlocks"], field("Free blocks:"));
+        assert!(f["features"].as_array().unwrap().iter().any(|x| x == "bigalloc"));
+        let o = Command::new(bin()).args(["inspect", p(&img), "--cat", "/dir/data"]).output().unwrap();
+        assert!(o.status.success() && o.stdout == data, "{}", String::from_utf8_lossy(&o.stderr));
+        let (code, out, err) = mdi(&["inspect", p(&img), "--cat", "/hello"]);
+        assert_eq!((code, out.as_str()), (0, "bigalloc\n"), "{err}");
+        let (code, _, err) = mdi(&["diff", p(&img), p(&img)]);
+        assert_eq!(code, 0, "{err}");
+    }
+}

@@ -52,6 +52,8 @@ pub struct Info {
     pub uuid: String,
     /// Block (ext) or cluster (FAT) size in bytes.
     pub block_size: u64,
+    /// ext4 with bigalloc: the allocation cluster in bytes.
+    pub cluster_size: Option<u64>,
     /// Blocks or clusters.
     pub blocks: u64,
     /// Free blocks or clusters.
@@ -279,6 +281,7 @@ impl Fs<'_> {
                     label: String::from_utf8_lossy(&sb.label).into_owned(),
                     uuid: ext_uuid(&sb.uuid),
                     block_size: sb.block_size,
+                    cluster_size: (sb.cluster_size != sb.block_size).then_some(sb.cluster_size),
                     blocks: sb.blocks_count,
                     free_blocks: sb.free_blocks,
                     inodes: Some(u64::from(sb.inodes_count)),
@@ -326,6 +329,7 @@ impl Fs<'_> {
                         .map(|id| format!("{:04X}-{:04X}", id >> 16, id & 0xFFFF))
                         .unwrap_or_default(),
                     block_size: cb,
+                    cluster_size: None,
                     blocks: u64::from(v.clusters),
                     free_blocks: free,
                     inodes: None,

@@ -46,6 +46,7 @@
 //!     "label": "nixos", "uuid": "…",      // uuid as blkid prints it
 //!     "blockSize": 4096, "blocks": 262144, "freeBlocks": 1234,   // clusters on FAT
 //!     "inodes": 65536, "freeInodes": 60000,                       // ext only
+//!     "clusterSize": 65536,         // ext4 with bigalloc only
 //!     "size": 1073741824, "used": 12345678,
 //!     "features": ["has_journal", …],     // ext: dumpe2fs's names
 //!     "problems": ["…"],
@@ -243,6 +244,9 @@ fn fs_json(part: &Part, disk: &dyn ReadAt) -> Value {
                 "features": i.features,
                 "problems": i.problems,
             });
+            if let Some(c) = i.cluster_size {
+                v["clusterSize"] = json!(c);
+            }
             if let (Some(n), Some(f)) = (i.inodes, i.free_inodes) {
                 v["inodes"] = json!(n);
                 v["freeInodes"] = json!(f);
@@ -396,6 +400,9 @@ pub fn render(v: &Value) -> String {
             human_bytes(f["used"].as_u64().unwrap_or(0)),
             human_bytes(f["size"].as_u64().unwrap_or(0))
         );
+        if let Some(c) = f["clusterSize"].as_u64() {
+            let _ = write!(l, "; {} clusters", human_bytes(c));
+        }
         if let Some(feat) = f["features"].as_array().filter(|a| !a.is_empty()) {
             let names: Vec<&str> = feat.iter().filter_map(Value::as_str).collect();
             let _ = write!(l, "; features: {}", names.join(" "));

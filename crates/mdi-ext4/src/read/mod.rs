@@ -260,7 +260,7 @@ impl<'a> Fs<'a> {
     /// Every group descriptor's bytes, in group order.
     fn read_gdt(&self, groups: u64, bytes: u64) -> Result<Vec<u8>, Error> {
         let bs = self.sb.block_size;
-        let first = self.sb.first_data_block + 1;
+        let first = self.sb.first_data_block + 1 + self.group_zero_adjust();
         let mut raw = vec![0u8; bytes as usize];
         if self.sb.incompat & superblock::INCOMPAT_META_BG == 0 {
             self.read_block_bytes(first, 0, &mut raw)?;
@@ -276,14 +276,23 @@ impl<'a> Fs<'a> {
         let mut g = classic;
         while g < groups {
             let mg_first = g / per_block * per_block;
-            let block =
-                self.sb.first_data_block + mg_first * self.sb.blocks_per_group + u64::from(self.sb.has_super(mg_first));
+            let block = self.sb.first_data_block
+                + mg_first * self.sb.blocks_per_group
+                + u64::from(self.sb.has_super(mg_first))
+                + if mg_first == 0 { self.group_zero_adjust() } else { 0 };
             let at = (g * self.sb.desc_size) as usize;
             let n = (per_block.min(groups - g) * self.sb.desc_size) as usize;
             self.read_block_bytes(block, 0, &mut raw[at..at + n])?;
             g += per_block;
         }
         Ok(raw)
+    }
+
+    /// Bigalloc with 1 KiB blocks has s_first_data_block 0 but keeps the superblock at byte
+    /// 1024, that is block 1: group 0's superblock and descriptors sit one block later than
+    /// s_first_data_block says (e2fsprogs lib/ext2fs/openfs.c, "group_zero_adjust").
+    fn group_zero_adjust(&self) -> u64 {
+        u64::from(self.sb.block_size == 1024 && self.sb.first_data_block == 0)
     }
 
     /// The device size in blocks, capped by the filesystem's: the most blocks any one
@@ -681,7 +690,9 @@ impl<'a> Fs<'a> {
         let itable = (u64::from(self.sb.inodes_per_group) * self.sb.inode_size).div_ceil(bs);
         for (g, d) in self.gdt.iter().enumerate() {
             let g = g as u64;
-            let first = self.sb.first_data_block + g * self.sb.blocks_per_group;
+            let first = self.sb.first_data_block
+                + g * self.sb.blocks_per_group
+                + if g == 0 { self.group_zero_adjust() } else { 0 };
             if self.sb.has_super(g) {
                 v.push((first, 1, format!("superblock (group {g})")));
                 if self.sb.incompat & superblock::INCOMPAT_META_BG == 0 {
