@@ -550,3 +550,38 @@ fn bigalloc_ext4_is_read() {
         assert_eq!(code, 0, "{err}");
     }
 }
+
+// ------------------------------------------------------------------ item 8
+
+/// Item 8: FAT32 by its BPB with fewer than 65,525 clusters (mkfs.vfat -F 32 with 4 KiB
+/// sectors, or 8 sectors per cluster on a small volume) is read as FAT32 with fsck.fat's
+/// cluster count and a warning like fsck.fat's; its root directory (label entry) is read.
+#[test]
+fn small_fat32_is_fat32_with_a_warning() {
+    let t = tempfile::tempdir().unwrap();
+    for (name, opts) in [("s4096", ["-S", "4096"]), ("s8", ["-s", "8"])] {
+        let img = t.path().join(format!("{name}.img"));
+        let mut a = vec!["-F", "32", "-n", "SMALL32"];
+        a.extend(opts);
+        a.extend(["-C", p(&img), "65536"]);
+        tool("mkfs.vfat", &a);
+        // fsck.fat -n: "IMG: 0 files, 1/16320 clusters", and its warning.
+        let o = Command::new("fsck.fat").args(["-n", p(&img)]).output().unwrap();
+        let fsck = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success() && fsck.contains("less than the required minimum of 65525"), "{fsck}");
+        let total: u64 = fsck
+            .split_whitespace()
+            .find_map(|w| w.split_once('/').and_then(|(_, t)| t.parse().ok()))
+            .unwrap_or_else(|| panic!("{fsck}"));
+        let v = inspect_json(&img, &[]);
+        let f = &v["filesystems"][0];
+        assert!(f.get("error").is_none(), "{f}");
+        assert_eq!((f["type"].as_str(), f["version"].as_str()), (Some("vfat"), Some("FAT32")), "{f}");
+        assert_eq!(f["blocks"], total, "{f}");
+        assert_eq!(f["label"], "SMALL32");
+        let problems = f["problems"].as_array().unwrap();
+        assert!(problems.len() == 1 && problems[0].as_str().unwrap().contains("fewer than the 65525"), "{f}");
+        let (code, out, err) = mdi(&["inspect", p(&img), "--ls", "/"]);
+        assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    }
+}

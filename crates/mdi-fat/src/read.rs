@@ -155,6 +155,8 @@ pub struct Volume<'a> {
     fat: Vec<u8>,
     data_start: u64,
     root_start: u64,
+    /// What is unusual but readable (as fsck.fat warns about it).
+    pub warnings: Vec<String>,
 }
 
 impl<'a> Volume<'a> {
@@ -173,11 +175,26 @@ impl<'a> Volume<'a> {
             )));
         }
         let count = (boot.total_sectors - meta) / boot.sectors_per_cluster;
-        // §3.5: the type is decided by the cluster count alone.
-        let kind = match count {
+        // §3.5 decides the type by the cluster count alone. Linux (fs/fat/inode.c) and
+        // fsck.fat go by the BPB instead: BPB_FATSz16 = 0 means the FAT32 layout whatever
+        // the count (mkfs.vfat -F 32 makes such volumes when asked to); fsck.fat accepts
+        // them with a warning, and so does this reader.
+        let by_count = match count {
             c if c < 4085 => Kind::Fat12,
             c if c < 65525 => Kind::Fat16,
             _ => Kind::Fat32,
+        };
+        let mut warnings = Vec::new();
+        let kind = if boot.fat32_layout() && by_count != Kind::Fat32 {
+            warnings.push(format!(
+                "FAT32 by its BPB (BPB_FATSz16 is 0) but only {count} clusters, fewer than the 65525 \
+                 the FAT specification (§3.5) requires; read as FAT32, as Linux and fsck.fat do, \
+                 but some systems may take it for {}",
+                by_count.name()
+            ));
+            Kind::Fat32
+        } else {
+            by_count
         };
         if kind == Kind::Fat32 && (boot.root_entries != 0 || boot.root_cluster < 2) {
             return Err(corrupt("a FAT32-sized volume with a fixed root directory or no BPB_RootClus"));
@@ -212,7 +229,7 @@ impl<'a> Volume<'a> {
         let mut fat = vec![0u8; fat_bytes as usize];
         dev.read_at(boot.reserved_sectors * bps, &mut fat)?;
         let root_start = (boot.reserved_sectors + boot.fats * boot.fat_sectors) * bps;
-        Ok(Volume { dev, data_start: meta * bps, root_start, boot, kind, clusters, fat })
+        Ok(Volume { dev, data_start: meta * bps, root_start, boot, kind, clusters, fat, warnings })
     }
 
     /// Cluster size in bytes.
@@ -460,6 +477,12 @@ fn parse_boot(b: &[u8; 512]) -> Result<BootSector, Error> {
 }
 
 impl BootSector {
+    /// Whether the BPB has the FAT32 layout: BPB_FATSz16 is 0 (§3.1: "On FAT32 volumes
+    /// this field must be 0, and BPB_FATSz32 contains the FAT size count").
+    pub fn fat32_layout(&self) -> bool {
+        le16(&self.raw, 22) == 0
+    }
+
     /// Every field by its specification name, for `diff`.
     pub fn fields(&self) -> Vec<(&'static str, String)> {
         let b = &self.raw[..];

@@ -296,7 +296,7 @@ impl Fs<'_> {
             Fs::Fat(v) => {
                 let cb = v.cluster_bytes();
                 let free = u64::from(v.free_clusters());
-                let mut problems = Vec::new();
+                let mut problems = v.warnings.clone();
                 match v.fsinfo_free() {
                     Ok(Some(n)) if n != 0xFFFF_FFFF && u64::from(n) != free => {
                         problems.push(format!("FSInfo says {n} free clusters, the FAT has {free}"))
