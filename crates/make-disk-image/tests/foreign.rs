@@ -585,3 +585,52 @@ fn small_fat32_is_fat32_with_a_warning() {
         assert_eq!((code, out.as_str()), (0, ""), "{err}");
     }
 }
+
+// ------------------------------------------------------------------ item 9
+
+/// Item 9: 8.3-only names that mtools wrote in its DOS code page (CP850) are shown as
+/// mdir shows them and found by `--cat`, in either case.
+#[test]
+fn fat_short_names_in_cp850() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("cp850.img");
+    tool("mkfs.vfat", &["-C", p(&img), "4096"]);
+    let names = ["ÜBER.TXT", "ÉTÉ.TXT", "NIÑO", "£5.TXT"];
+    for (i, n) in names.iter().enumerate() {
+        let f = t.path().join(n);
+        fs::write(&f, format!("file {i}\n")).unwrap();
+        let o = Command::new("mcopy")
+            .args(["-i", p(&img), p(&f), "::/"])
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .env("LC_ALL", "C.UTF-8")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mcopy {n}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    // mdir's view, converted by mtools from CP850 to UTF-8: "ÜBER     TXT   9 …".
+    let o = Command::new("mdir")
+        .args(["-i", p(&img), "::/"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .unwrap();
+    let mdir = String::from_utf8_lossy(&o.stdout).into_owned();
+    // The raw bytes are CP850 (Ü is 0x9A): make sure no long name carries the text.
+    let raw = fs::read(&img).unwrap();
+    assert!(raw.windows(11).any(|w| w == b"\x9aBER    TXT"), "mtools wrote no CP850 short name");
+    let (code, out, err) = mdi(&["inspect", p(&img), "--ls", "/"]);
+    assert_eq!(code, 0, "{err}");
+    for (i, n) in names.iter().enumerate() {
+        let (base, ext) = n.split_once('.').unwrap_or((n, ""));
+        assert!(
+            mdir.lines().any(|l| l.starts_with(base) && l[base.len()..].trim_start().starts_with(ext)),
+            "{n}: {mdir}"
+        );
+        assert!(out.lines().any(|l| l.ends_with(&format!(" {n}"))), "{n} not listed: {out}");
+        for name in [n.to_string(), n.to_lowercase()] {
+            let (code, content, err) = mdi(&["inspect", p(&img), "--cat", &format!("/{name}")]);
+            assert_eq!((code, content), (0, format!("file {i}\n")), "--cat /{name}: {err}");
+        }
+    }
+    assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "control characters: {out:?}");
+}
