@@ -634,3 +634,43 @@ fn fat_short_names_in_cp850() {
     }
     assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "control characters: {out:?}");
 }
+
+// ------------------------------------------------------------------ inline_data
+
+/// inline_data: directories kept in i_block, files in i_block and "system.data" (a 100-byte
+/// file), and inline symlinks are read; `diff` of the image with itself is clean.
+#[test]
+fn inline_data_is_read() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("tiny")).unwrap();
+    fs::create_dir_all(src.join("many")).unwrap();
+    fs::write(src.join("tiny/a"), "small\n").unwrap();
+    let hundred: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(7) | 1).collect();
+    fs::write(src.join("hundred"), &hundred).unwrap();
+    for i in 0..40 {
+        fs::write(src.join(format!("many/file-{i:02}")), format!("{i}\n")).unwrap();
+    }
+    std::os::unix::fs::symlink("tiny/a", src.join("link")).unwrap();
+    let img = t.path().join("inline.img");
+    tool("mkfs.ext4", &["-q", "-F", "-O", "inline_data", "-d", p(&src), p(&img), "16M"]);
+    e2fsck_clean(&img);
+    for (path, want) in [("/hundred", "Size of inline data: 100"), ("/tiny", "Size of inline data: 60")] {
+        let stat = debugfs(&img, &format!("stat {path}"));
+        assert!(stat.contains(want), "{path} is not inline: {stat}");
+    }
+    let (code, out, err) = mdi(&["inspect", p(&img), "--ls", "/tiny"]);
+    assert!(code == 0 && out.ends_with(" a\n"), "{out}{err}");
+    let o = Command::new(bin()).args(["inspect", p(&img), "--cat", "/hundred"]).output().unwrap();
+    assert!(o.status.success() && o.stdout == hundred, "{}", String::from_utf8_lossy(&o.stderr));
+    let (code, out, _) = mdi(&["inspect", p(&img), "--cat", "/tiny/a"]);
+    assert_eq!((code, out.as_str()), (0, "small\n"));
+    let v = inspect_json(&img, &["--ls", "/"]);
+    let entries = v["ls"]["entries"].as_array().unwrap();
+    let link = entries.iter().find(|e| e["name"] == "link").unwrap();
+    assert_eq!(link["target"], "tiny/a");
+    assert!(entries.iter().all(|e| e["error"].is_null() && e["xattrs"].as_object().unwrap().is_empty()), "{entries:?}");
+    assert_eq!(inspect_json(&img, &["--ls", "/many"])["ls"]["entries"].as_array().unwrap().len(), 40);
+    let (code, out, err) = mdi(&["diff", p(&img), p(&img)]);
+    assert_eq!(code, 0, "{out}{err}");
+}

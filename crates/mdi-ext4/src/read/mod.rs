@@ -4,9 +4,10 @@
 //! Read: the superblock, group descriptors (including meta_bg), inodes of any size,
 //! extent trees and ext2/3 block maps, linear and hash-indexed directories (the index is
 //! not needed: its blocks read as empty directory blocks), fast and slow symlinks, device
-//! numbers, and extended attributes in the inode and in an attribute block. Not read:
-//! inline data and attribute values kept in inodes (ea_inode); those give an
-//! [`Error::Unsupported`] for that one file. The journal is not replayed.
+//! numbers, extended attributes in the inode and in an attribute block, and inline data
+//! (files, symlinks and directories kept in i_block and "system.data"). Not read:
+//! attribute values kept in inodes (ea_inode), which give an [`Error::Unsupported`] for
+//! that one file. The journal is not replayed.
 //!
 //! A hostile image cannot make the reader loop or allocate without bound: extent trees are
 //! at most five levels deep and must be strictly ordered, a file maps at most as many
@@ -558,7 +559,20 @@ impl<'a> Fs<'a> {
     /// (they read as zeros).
     pub fn read_data(&self, inode: &Inode, map: &Map, visit: &mut Visit<'_>) -> Result<(), Error> {
         if inode.flags & FL_INLINE_DATA != 0 {
-            return Err(Error::Unsupported(format!("inode {} keeps its data inline (inline_data)", inode.ino)));
+            let data = self.inline_data(inode)?;
+            let n = usize::try_from(inode.size).unwrap_or(usize::MAX);
+            if n > data.len() {
+                return Err(Error::corrupt(format!(
+                    "inode {} keeps its data inline but holds {} of its {} bytes",
+                    inode.ino,
+                    data.len(),
+                    inode.size
+                )));
+            }
+            if n > 0 {
+                visit(0, &data[..n])?;
+            }
+            return Ok(());
         }
         let bs = self.sb.block_size;
         let mut buf = Vec::new();
@@ -581,6 +595,21 @@ impl<'a> Fs<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The bytes of an inline-data inode (ext4 on-disk layout, "Inline Data"): the 60 bytes
+    /// of i_block, then the value of the in-inode attribute "system.data" (possibly empty).
+    fn inline_data(&self, inode: &Inode) -> Result<Vec<u8>, Error> {
+        let mut data = inode.i_block.to_vec();
+        let area = &inode.xattr_area;
+        if area.len() >= 4 && le32(area, 0) == xattr::MAGIC {
+            let mut attrs = Vec::new();
+            xattr::parse(&area[4..], 0, inode.ino, &mut attrs)?;
+            if let Some((_, v)) = attrs.into_iter().find(|(k, _)| k == b"system.data") {
+                data.extend_from_slice(&v);
+            }
+        }
+        Ok(data)
     }
 
     /// Reads a whole file into memory, refusing files larger than `max` bytes.
@@ -619,12 +648,21 @@ impl<'a> Fs<'a> {
         if !inode.is_dir() {
             return Err(Error::corrupt(format!("inode {ino} is not a directory")));
         }
+        let filetype = self.sb.incompat & superblock::INCOMPAT_FILETYPE != 0;
         if inode.flags & FL_INLINE_DATA != 0 {
-            return Err(Error::Unsupported(format!("directory inode {ino} keeps its entries inline (inline_data)")));
+            // An inline directory: i_block holds the parent's inode number (4 bytes) and
+            // entries in the other 56; "system.data" holds more entries. Each region is
+            // parsed like a block whose last record reaches its end.
+            let data = self.inline_data(inode)?;
+            let mut out = Vec::new();
+            for (what, region) in [("i_block", &data[4..60]), ("system.data", &data[60..])] {
+                parse_dir_block(region, filetype, self.sb.inodes_count, &mut out)
+                    .map_err(|m| Error::corrupt(format!("inline directory inode {ino}, {what}: {m}")))?;
+            }
+            return Ok(out);
         }
         let map = self.map(inode)?;
         let bs = self.sb.block_size as usize;
-        let filetype = self.sb.incompat & superblock::INCOMPAT_FILETYPE != 0;
         let mut out = Vec::new();
         let mut data = Vec::new();
         self.read_data(inode, &map, &mut |off, chunk| {
@@ -660,6 +698,11 @@ impl<'a> Fs<'a> {
                 )));
             }
             xattr::parse(&b, 32, inode.ino, &mut out)?;
+        }
+        // "system.data" holds an inline-data inode's bytes, not an attribute (the kernel
+        // does not list it either).
+        if inode.flags & FL_INLINE_DATA != 0 {
+            out.retain(|(k, _)| k != b"system.data");
         }
         Ok(out)
     }
