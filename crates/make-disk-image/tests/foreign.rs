@@ -674,3 +674,52 @@ fn inline_data_is_read() {
     let (code, out, err) = mdi(&["diff", p(&img), p(&img)]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+// ------------------------------------------------------------------ item 10
+
+/// Item 10: names in an encrypted directory are ciphertext and may hold '/': they are
+/// shown as "encrypted:<hex>" (the image is made by mkfs.ext4 -O encrypt, the directory
+/// flagged EXT4_ENCRYPT_FL by debugfs and one name byte made '/', as ciphertext can be);
+/// `diff` compares them without error; `diff`'s errors go to stderr, its stdout keeps only
+/// the comparison, and a place is never "filesystem (filesystem)".
+#[test]
+fn encrypted_names_and_diff_errors() {
+    use std::os::unix::fs::FileExt;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("secret")).unwrap();
+    fs::create_dir_all(src.join("plain")).unwrap();
+    fs::write(src.join("secret/ab"), "x\n").unwrap();
+    fs::write(src.join("secret/cd"), "y\n").unwrap();
+    fs::write(src.join("plain/ef"), "z\n").unwrap();
+    let img = t.path().join("enc.img");
+    tool("mkfs.ext4", &["-q", "-F", "-b", "4096", "-O", "encrypt,^metadata_csum", "-d", p(&src), p(&img), "16M"]);
+    // EXT4_ENCRYPT_FL (0x800) with EXT4_EXTENTS_FL (0x80000).
+    debugfs_w(&img, "set_inode_field /secret flags 0x80800");
+    let f = fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let name_at = |dir: &str, name: &[u8]| -> u64 {
+        let at = first_block(&img, dir) * 4096;
+        let mut b = vec![0u8; 4096];
+        f.read_exact_at(&mut b, at).unwrap();
+        at + b.windows(name.len()).position(|w| w == name).unwrap() as u64
+    };
+    f.write_all_at(b"/", name_at("/secret", b"ab")).unwrap();
+    let (code, out, err) = mdi(&["inspect", p(&img), "--ls", "/secret"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" encrypted:2f62\n") && out.contains(" encrypted:6364\n"), "{out}");
+    let (code, out, err) = mdi(&["diff", p(&img), p(&img)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.is_empty(), "{err}");
+
+    // A damaged directory (a record length of 3) in the second image: exit 2, the error on
+    // stderr only.
+    let bad = t.path().join("bad.img");
+    fs::copy(&img, &bad).unwrap();
+    let g = fs::OpenOptions::new().write(true).open(&bad).unwrap();
+    g.write_all_at(&3u16.to_le_bytes(), name_at("/plain", b"ef") - 4).unwrap();
+    let (code, out, err) = mdi(&["diff", p(&img), p(&bad)]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("error:") && err.contains("filesystem (ext4)") && err.contains("rec_len 3"), "{err}");
+    assert!(!out.contains("error"), "errors on stdout: {out}");
+    assert!(!format!("{out}{err}").contains("filesystem (filesystem)"), "{out}{err}");
+}

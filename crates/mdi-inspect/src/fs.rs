@@ -238,6 +238,18 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// EXT4_ENCRYPT_FL (ext4 on-disk layout, "Inode flags"): the directory's entry names are
+/// fscrypt ciphertext, any byte value included ('/' and NUL too).
+const FL_ENCRYPT: u32 = 0x800;
+
+/// How an encrypted entry name is shown without its key: "encrypted:" and the ciphertext
+/// in hex, so that it is a valid, stable path component and says what it is.
+fn encrypted_name(cipher: &[u8]) -> Vec<u8> {
+    let mut n = b"encrypted:".to_vec();
+    n.extend(hex(cipher).into_bytes());
+    n
+}
+
 /// Refuses entry names that would make paths ambiguous.
 fn bad_name(name: &[u8]) -> bool {
     name.is_empty() || name.contains(&b'/') || name == b"." || name == b".."
@@ -363,7 +375,11 @@ impl Fs<'_> {
                     return Ok(vec![ext_node(f, path.to_vec(), &ino, &mut Ctx::default(), WalkOptions::default())]);
                 }
                 let mut out = Vec::new();
-                for e in f.read_dir(&ino).map_err(|e| e.to_string())? {
+                let encrypted = ino.flags & FL_ENCRYPT != 0;
+                for mut e in f.read_dir(&ino).map_err(|e| e.to_string())? {
+                    if encrypted {
+                        e.name = encrypted_name(&e.name);
+                    }
                     let p = join(path, &e.name);
                     match f.inode(e.ino) {
                         Ok(i) => out.push(ext_node(f, p, &i, &mut Ctx::default(), WalkOptions::default())),
@@ -599,7 +615,11 @@ fn walk_ext4(f: &e4::Fs<'_>, opts: WalkOptions) -> Walk {
                 continue;
             }
         };
-        for e in entries {
+        let encrypted = dir.flags & FL_ENCRYPT != 0;
+        for mut e in entries {
+            if encrypted {
+                e.name = encrypted_name(&e.name);
+            }
             if bad_name(&e.name) {
                 w.problems.push(format!(
                     "{}: an entry has the name {:?}",
