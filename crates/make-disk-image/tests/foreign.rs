@@ -723,3 +723,65 @@ fn encrypted_names_and_diff_errors() {
     assert!(!out.contains("error"), "errors on stdout: {out}");
     assert!(!format!("{out}{err}").contains("filesystem (filesystem)"), "{out}{err}");
 }
+
+// ------------------------------------------------------------------ other filesystems
+
+/// btrfs, XFS, EROFS and squashfs are recognised by their superblocks: type, label, UUID
+/// and version as `blkid -p` says, size as the tools made it; `--ls` says why it cannot
+/// list; `diff` names a changed label.
+#[test]
+fn other_filesystems_are_recognised_by_superblock() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let src = d.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "content\n").unwrap();
+    let sized = |name: &str, len: u64| -> PathBuf {
+        let f = d.join(name);
+        fs::File::create(&f).unwrap().set_len(len).unwrap();
+        f
+    };
+    let bt = sized("btrfs.img", 128 << 20);
+    tool("mkfs.btrfs", &["-q", "-L", "BTRLABEL", p(&bt)]);
+    let bt2 = sized("btrfs2.img", 128 << 20);
+    tool("mkfs.btrfs", &["-q", "-L", "OTHER", "-U", &blkid_value(&bt, "UUID").unwrap(), p(&bt2)]);
+    let xf = sized("xfs.img", 320 << 20);
+    tool("mkfs.xfs", &["-q", "-L", "XFSLABEL", p(&xf)]);
+    let er = d.join("erofs.img");
+    tool("mkfs.erofs", &["-U", "11111111-2222-3333-4444-555555555555", p(&er), p(&src)]);
+    let sq = d.join("squashfs.img");
+    tool("mksquashfs", &[p(&src), p(&sq), "-quiet", "-noappend"]);
+    for (img, kind) in [(&bt, "btrfs"), (&xf, "xfs"), (&er, "erofs"), (&sq, "squashfs")] {
+        let v = inspect_json(img, &[]);
+        let f = &v["filesystems"][0];
+        assert_eq!(f["type"], kind, "{v}");
+        assert_eq!(Some(kind.to_string()), blkid_value(img, "TYPE"));
+        assert_eq!(f["label"].as_str().unwrap_or(""), blkid_value(img, "LABEL").unwrap_or_default(), "{kind}");
+        assert_eq!(f["uuid"].as_str().unwrap_or(""), blkid_value(img, "UUID").unwrap_or_default(), "{kind}");
+        if let Some(version) = blkid_value(img, "VERSION") {
+            assert_eq!(f["version"], version, "{kind}");
+        }
+        let len = fs::metadata(img).unwrap().len();
+        let size = f["size"].as_u64().unwrap();
+        match kind {
+            "squashfs" => assert!(size > 0 && size <= len, "{kind}: {size} of {len}"),
+            _ => assert_eq!(size, len, "{kind}"),
+        }
+        assert!(f["used"].as_u64().unwrap() <= size);
+        let (code, _, err) = mdi(&["inspect", p(img), "--ls", "/"]);
+        assert!(
+            code != 0 && err.contains(&format!("a {kind} filesystem, whose files this tool does not read")),
+            "{err}"
+        );
+    }
+    let (code, out, err) = mdi(&["diff", p(&bt), p(&bt2)]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("filesystem (btrfs): label: BTRLABEL vs OTHER"), "{out}");
+}
+
+/// A `blkid -p` value of an image, if it has that tag.
+fn blkid_value(img: &Path, tag: &str) -> Option<String> {
+    let o = Command::new("blkid").args(["-p", "-o", "value", "-s", tag, p(img)]).output().unwrap();
+    let v = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    (!v.is_empty()).then_some(v)
+}

@@ -457,7 +457,21 @@ fn compare_part(out: &mut Outcome, a: &Disk, b: &Disk, pa: Option<&Part>, pb: Op
     };
     let before = out.differences.len();
     let (fa, fb) = match (fa, fb) {
-        (None, None) => return region,
+        (None, None) => {
+            // Filesystems known by their superblock only: compare what is known of them.
+            if let (Some(x), Some(y)) = (crate::other_fs::identify(&wa), crate::other_fs::identify(&wb)) {
+                let place = part_place(number, &x.kind);
+                if x.kind != y.kind {
+                    out.add("filesystem", &place, "filesystem type", x.kind, y.kind);
+                } else {
+                    out.cmp("filesystem", &place, "label", x.label.as_str(), y.label.as_str());
+                    out.cmp("filesystem", &place, "UUID", x.uuid.as_str(), y.uuid.as_str());
+                    cmp_fields(out, "filesystem", &place, &x.fields, &y.fields, &[]);
+                }
+                region.explained = out.differences.len() > before;
+            }
+            return region;
+        }
         (Some(x), Some(y)) => (x, y),
         (x, y) => {
             let k = |f: &Option<fs::Fs<'_>>| f.as_ref().map_or("none".to_string(), |f| f.info().kind);

@@ -41,7 +41,9 @@
 //!   "filesystems": [{
 //!     "partition": 1 | null,        // null: the filesystem spans the whole disk
 //!     "offset": 1048576,            // bytes from the start of the disk
-//!     "type": "ext4",               // ext2, ext3, ext4, vfat (blkid's TYPE) or null when unknown
+//!     "type": "ext4",               // ext2, ext3, ext4, vfat (blkid's TYPE) or null when unknown;
+//!                                   // btrfs, xfs, erofs, squashfs: recognised by the superblock
+//!                                   // only (type, label, uuid, size; files not read)
 //!     "version": "1.0" | "FAT32",
 //!     "label": "nixos", "uuid": "…",      // uuid as blkid prints it
 //!     "blockSize": 4096, "blocks": 262144, "freeBlocks": 1234,   // clusters on FAT
@@ -63,6 +65,7 @@
 pub mod content;
 pub mod diff;
 pub mod fs;
+pub mod other_fs;
 
 pub use mdi_container::read::Format;
 use mdi_container::read::Image;
@@ -225,10 +228,18 @@ fn table_json(t: &Table) -> Value {
 fn fs_json(part: &Part, disk: &dyn ReadAt) -> Value {
     let w = part.window(disk);
     let mut v = json!({ "partition": part.number, "offset": part.offset, "type": null });
-    match fs::open(&w) {
-        Ok(None) => {}
-        Ok(Some(f)) => {
-            let i = f.info();
+    let info = match fs::open(&w) {
+        Ok(None) => other_fs::identify(&w),
+        Ok(Some(f)) => Some(f.info()),
+        Err(e) => {
+            v["type"] = json!(fs::probe(&w));
+            v["error"] = json!(e);
+            None
+        }
+    };
+    match info {
+        None => {}
+        Some(i) => {
             v = json!({
                 "partition": part.number,
                 "offset": part.offset,
@@ -251,10 +262,6 @@ fn fs_json(part: &Part, disk: &dyn ReadAt) -> Value {
                 v["inodes"] = json!(n);
                 v["freeInodes"] = json!(f);
             }
-        }
-        Err(e) => {
-            v["type"] = json!(fs::probe(&w));
-            v["error"] = json!(e);
         }
     }
     v
@@ -307,10 +314,23 @@ pub fn select(disk: &dyn ReadAt, spec: &str) -> Result<(Part, Vec<u8>), String> 
     };
     match found {
         Some((p, Some(_))) => Ok(((*p).clone(), path.into_bytes())),
-        Some((p, None)) => Err(format!("partition {} holds no filesystem this tool reads", p.number.unwrap_or(0))),
+        Some((p, None)) => Err(match other_fs::identify(&p.window(disk)) {
+            Some(i) => format!(
+                "{} holds a {} filesystem, whose files this tool does not read (it shows its type, label, UUID and size)",
+                p.number.map_or("the disk".to_string(), |n| format!("partition {n}")),
+                i.kind
+            ),
+            None => format!("partition {} holds no filesystem this tool reads", p.number.unwrap_or(0)),
+        }),
         None => Err(match which {
             Some(w) => format!("no partition or filesystem called '{w}' (use a partition number, GPT name or label)"),
-            None => "the image holds no filesystem this tool reads".into(),
+            None => match l.parts.iter().find_map(|p| other_fs::identify(&p.window(disk))) {
+                Some(i) => format!(
+                    "the image holds a {} filesystem, whose files this tool does not read (it shows its type, label, UUID and size)",
+                    i.kind
+                ),
+                None => "the image holds no filesystem this tool reads".into(),
+            },
         }),
     }
 }
