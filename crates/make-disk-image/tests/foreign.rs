@@ -186,7 +186,11 @@ fn converts_like_qemu(dir: &Path, input: &Path, extra: &[&str]) {
     for fmt in ["raw", "qcow2", "qcow2-compressed", "vpc", "vdi", "vmdk", "vhdx"] {
         let out = dir.join(format!("out.{fmt}"));
         let err = convert_ok(input, &out, fmt, extra);
-        assert_eq!(err.contains("not a whole number of 512-byte sectors"), len % 512 != 0, "{fmt}: note: {err}");
+        assert_eq!(
+            err.contains("not a whole number of 512-byte sectors"),
+            !len.is_multiple_of(512),
+            "{fmt}: note: {err}"
+        );
         let back = dir.join("back.raw");
         let qfmt = if fmt == "qcow2-compressed" { "qcow2" } else { fmt };
         tool("qemu-img", &["convert", "-f", qfmt, "-O", "raw", p(&out), p(&back)]);
@@ -336,7 +340,7 @@ fn diff_is_exact_and_names_what_no_file_explains() {
     debugfs_w(&base, "fallocate /big 30 40");
     let extents = debugfs(&base, "stat /big");
     let unwritten: u64 = extents
-        .split(|c: char| c == ' ' || c == ',' || c == '\n')
+        .split([' ', ',', '\n'])
         .find_map(|w| w.strip_prefix("(30-40[u]):").and_then(|r| r.split('-').next()).and_then(|n| n.parse().ok()))
         .unwrap_or_else(|| panic!("no unwritten extent: {extents}"));
     let bs = 4096u64;
@@ -429,7 +433,10 @@ fn diff_memory_is_linear_in_hard_links() {
     assert_eq!(o.status.code(), Some(1), "{}{}", &text[..text.len().min(2000)], String::from_utf8_lossy(&o.stderr));
     assert!(text.contains("/links/l00000: only in the first image"), "{}", &text[..text.len().min(2000)]);
     // Every other name's link set changed: each line names a few, then a count.
-    let line = text.lines().find(|l| l.contains("/links/l00001: hard links")).expect(&text[..text.len().min(2000)]);
+    let line = text
+        .lines()
+        .find(|l| l.contains("/links/l00001: hard links"))
+        .unwrap_or_else(|| panic!("{}", &text[..text.len().min(2000)]));
     assert!(line.len() < 400 && line.contains("more"), "{line}");
 }
 
