@@ -48,6 +48,11 @@ enum Cmd {
         /// Seed for the identity fields of the output (UUIDs, CID).
         #[arg(long)]
         seed: Option<String>,
+        /// Read the input as this format instead of detecting it: "raw" reads any file
+        /// as a raw disk (a file that starts with no partition table or filesystem this
+        /// tool knows is otherwise refused as unrecognised).
+        #[arg(long, value_name = "FORMAT", value_parser = parse_input_format)]
+        input_format: Option<mdi_inspect::Format>,
     },
     /// Show what an image holds: format and header, partition table, filesystems (any
     /// format convert reads).
@@ -64,6 +69,11 @@ enum Cmd {
         /// Write a file's content to standard output: [PART:]PATH.
         #[arg(long, value_name = "[PART:]PATH", conflicts_with_all = ["ls", "json"])]
         cat: Option<String>,
+        /// Read the input as this format instead of detecting it: "raw" reads any file
+        /// as a raw disk (a file that starts with no partition table or filesystem this
+        /// tool knows is otherwise refused as unrecognised).
+        #[arg(long, value_name = "FORMAT", value_parser = parse_input_format)]
+        input_format: Option<mdi_inspect::Format>,
     },
     /// Say where two images differ, from the outside in: format header, partition table,
     /// filesystem metadata, files, then blocks no file explains. Exit 0 when identical,
@@ -76,7 +86,20 @@ enum Cmd {
         /// Print the differences as JSON.
         #[arg(long)]
         json: bool,
+        /// Read both inputs as this format instead of detecting it: "raw" reads any file
+        /// as a raw disk (a file that starts with no partition table or filesystem this
+        /// tool knows is otherwise refused as unrecognised).
+        #[arg(long, value_name = "FORMAT", value_parser = parse_input_format)]
+        input_format: Option<mdi_inspect::Format>,
     },
+}
+
+/// `--input-format`: one of the formats the readers know.
+fn parse_input_format(s: &str) -> Result<mdi_inspect::Format, String> {
+    mdi_inspect::Format::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = mdi_inspect::Format::ALL.iter().map(|f| f.name()).collect();
+        format!("'{s}' is not a format this tool reads; use one of {}", names.join(", "))
+    })
 }
 
 struct BuildArgs {
@@ -212,9 +235,16 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
 }
 
 /// `inspect`: the report, a listing or a file's bytes.
-fn inspect(image: &std::path::Path, json: bool, ls: Option<String>, cat: Option<String>) -> Result<()> {
+fn inspect(
+    image: &std::path::Path,
+    json: bool,
+    ls: Option<String>,
+    cat: Option<String>,
+    format: Option<mdi_inspect::Format>,
+) -> Result<()> {
     use std::io::Write;
-    let disk = mdi_inspect::Disk::open(image).with_context(|| format!("cannot read image '{}'", image.display()))?;
+    let disk = mdi_inspect::Disk::open_as(image, format)
+        .with_context(|| format!("cannot read image '{}'", image.display()))?;
     let open = |spec: &str| -> Result<(mdi_inspect::Part, Vec<u8>)> {
         mdi_inspect::select(&disk, spec).map_err(|e| anyhow!("{}: {e}", image.display()))
     };
@@ -254,18 +284,23 @@ fn inspect(image: &std::path::Path, json: bool, ls: Option<String>, cat: Option<
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Inspect { image, json, ls, cat } => inspect(&image, json, ls, cat),
-        Cmd::Diff { a, b, json } => {
-            let (code, text) = mdi_inspect::diff::run(&a, &b, json);
+        Cmd::Inspect { image, json, ls, cat, input_format } => inspect(&image, json, ls, cat, input_format),
+        Cmd::Diff { a, b, json, input_format } => {
+            let (code, text, errors) = mdi_inspect::diff::run(&a, &b, json, input_format);
             print!("{text}");
+            // Errors go to stderr, so that stdout holds only the comparison.
+            eprint!("{errors}");
             std::process::exit(code)
         }
-        Cmd::Convert { input, output, format, format_options, seed } => {
+        Cmd::Convert { input, output, format, format_options, seed, input_format } => {
             let opts = match serde_json::from_str::<Value>(&format_options) {
                 Ok(Value::Object(m)) => m,
                 _ => bail!("--format-options must be a JSON object, e.g. '{{\"subformat\":\"fixed\"}}'"),
             };
-            mdi_build::convert(&input, &output, &format, &opts, seed.as_deref())
+            for note in mdi_build::convert(&input, &output, &format, &opts, seed.as_deref(), input_format)? {
+                eprintln!("note: {note}");
+            }
+            Ok(())
         }
         Cmd::Build { args } => {
             let a = parse_build_args(&args)?;

@@ -24,6 +24,9 @@ fn raw_disk(dir: &Path) -> PathBuf {
         f.write_all_at(&pattern, at).unwrap();
     }
     f.write_all_at(b"odd spot", (40 << 20) + 12345).unwrap();
+    // A boot signature, so that the file starts like a disk and is read as raw without
+    // --input-format (issue 17).
+    f.write_all_at(&[0x55, 0xAA], 510).unwrap();
     p
 }
 

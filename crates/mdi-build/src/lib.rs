@@ -201,7 +201,8 @@ pub fn convert(
     format: &str,
     options: &serde_json::Map<String, serde_json::Value>,
     seed: Option<&str>,
-) -> Result<()> {
+    input_format: Option<mdi_container::read::Format>,
+) -> Result<Vec<String>> {
     let mut map = serde_json::Map::new();
     map.insert("format".into(), json!(format));
     map.insert("formatOptions".into(), serde_json::Value::Object(options.clone()));
@@ -211,9 +212,10 @@ pub fn convert(
     let spec = spec::from_map(map)?;
     let sde = source_date_epoch(&spec)?;
     let seed = Seed(Uuid::parse(spec.seed.as_deref().unwrap_or(DEFAULT_SEED))?);
-    let mut img =
-        mdi_container::read::open(input).with_context(|| format!("cannot read image '{}'", input.display()))?;
+    let mut img = mdi_container::read::open_as(input, input_format)
+        .with_context(|| format!("cannot read image '{}'", input.display()))?;
     let size = img.virtual_size();
+    let notes = img.notes();
     let dir = match output.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -247,7 +249,7 @@ pub fn convert(
     f.sync_all()?;
     std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     tmp.persist(output).map_err(|e| anyhow!("cannot move the image to '{}': {}", output.display(), e.error))?;
-    Ok(())
+    Ok(notes)
 }
 
 /// Largest image whose SHA-256 goes into the manifest.

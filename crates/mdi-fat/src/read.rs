@@ -155,6 +155,8 @@ pub struct Volume<'a> {
     fat: Vec<u8>,
     data_start: u64,
     root_start: u64,
+    /// What is unusual but readable (as fsck.fat warns about it).
+    pub warnings: Vec<String>,
 }
 
 impl<'a> Volume<'a> {
@@ -173,11 +175,26 @@ impl<'a> Volume<'a> {
             )));
         }
         let count = (boot.total_sectors - meta) / boot.sectors_per_cluster;
-        // §3.5: the type is decided by the cluster count alone.
-        let kind = match count {
+        // §3.5 decides the type by the cluster count alone. Linux (fs/fat/inode.c) and
+        // fsck.fat go by the BPB instead: BPB_FATSz16 = 0 means the FAT32 layout whatever
+        // the count (mkfs.vfat -F 32 makes such volumes when asked to); fsck.fat accepts
+        // them with a warning, and so does this reader.
+        let by_count = match count {
             c if c < 4085 => Kind::Fat12,
             c if c < 65525 => Kind::Fat16,
             _ => Kind::Fat32,
+        };
+        let mut warnings = Vec::new();
+        let kind = if boot.fat32_layout() && by_count != Kind::Fat32 {
+            warnings.push(format!(
+                "FAT32 by its BPB (BPB_FATSz16 is 0) but only {count} clusters, fewer than the 65525 \
+                 the FAT specification (§3.5) requires; read as FAT32, as Linux and fsck.fat do, \
+                 but some systems may take it for {}",
+                by_count.name()
+            ));
+            Kind::Fat32
+        } else {
+            by_count
         };
         if kind == Kind::Fat32 && (boot.root_entries != 0 || boot.root_cluster < 2) {
             return Err(corrupt("a FAT32-sized volume with a fixed root directory or no BPB_RootClus"));
@@ -212,7 +229,7 @@ impl<'a> Volume<'a> {
         let mut fat = vec![0u8; fat_bytes as usize];
         dev.read_at(boot.reserved_sectors * bps, &mut fat)?;
         let root_start = (boot.reserved_sectors + boot.fats * boot.fat_sectors) * bps;
-        Ok(Volume { dev, data_start: meta * bps, root_start, boot, kind, clusters, fat })
+        Ok(Volume { dev, data_start: meta * bps, root_start, boot, kind, clusters, fat, warnings })
     }
 
     /// Cluster size in bytes.
@@ -460,6 +477,12 @@ fn parse_boot(b: &[u8; 512]) -> Result<BootSector, Error> {
 }
 
 impl BootSector {
+    /// Whether the BPB has the FAT32 layout: BPB_FATSz16 is 0 (§3.1: "On FAT32 volumes
+    /// this field must be 0, and BPB_FATSz32 contains the FAT size count").
+    pub fn fat32_layout(&self) -> bool {
+        le16(&self.raw, 22) == 0
+    }
+
     /// Every field by its specification name, for `diff`.
     pub fn fields(&self) -> Vec<(&'static str, String)> {
         let b = &self.raw[..];
@@ -534,15 +557,54 @@ fn lfn_checksum(short: &[u8]) -> u8 {
     short.iter().fold(0u8, |sum, &c| (sum >> 1).wrapping_add((sum & 1) << 7).wrapping_add(c))
 }
 
+/// Code page 850 (IBM "Multilingual Latin 1"), bytes 0x80-0xFF. A short name holds bytes
+/// of the DOS code page of whoever wrote it, which the volume does not record; mtools
+/// writes CP850 by default and Windows in Western Europe uses it too, and its letters
+/// cover the usual accented names (Linux mounts with CP437 unless told otherwise: the two
+/// agree on 0x80-0xAF's common letters such as Ü, é, ñ).
+const CP850_HIGH: [char; 128] = [
+    '\u{00C7}', '\u{00FC}', '\u{00E9}', '\u{00E2}', '\u{00E4}', '\u{00E0}', '\u{00E5}', '\u{00E7}', '\u{00EA}',
+    '\u{00EB}', '\u{00E8}', '\u{00EF}', '\u{00EE}', '\u{00EC}', '\u{00C4}', '\u{00C5}', '\u{00C9}', '\u{00E6}',
+    '\u{00C6}', '\u{00F4}', '\u{00F6}', '\u{00F2}', '\u{00FB}', '\u{00F9}', '\u{00FF}', '\u{00D6}', '\u{00DC}',
+    '\u{00F8}', '\u{00A3}', '\u{00D8}', '\u{00D7}', '\u{0192}', '\u{00E1}', '\u{00ED}', '\u{00F3}', '\u{00FA}',
+    '\u{00F1}', '\u{00D1}', '\u{00AA}', '\u{00BA}', '\u{00BF}', '\u{00AE}', '\u{00AC}', '\u{00BD}', '\u{00BC}',
+    '\u{00A1}', '\u{00AB}', '\u{00BB}', '\u{2591}', '\u{2592}', '\u{2593}', '\u{2502}', '\u{2524}', '\u{00C1}',
+    '\u{00C2}', '\u{00C0}', '\u{00A9}', '\u{2563}', '\u{2551}', '\u{2557}', '\u{255D}', '\u{00A2}', '\u{00A5}',
+    '\u{2510}', '\u{2514}', '\u{2534}', '\u{252C}', '\u{251C}', '\u{2500}', '\u{253C}', '\u{00E3}', '\u{00C3}',
+    '\u{255A}', '\u{2554}', '\u{2569}', '\u{2566}', '\u{2560}', '\u{2550}', '\u{256C}', '\u{00A4}', '\u{00F0}',
+    '\u{00D0}', '\u{00CA}', '\u{00CB}', '\u{00C8}', '\u{0131}', '\u{00CD}', '\u{00CE}', '\u{00CF}', '\u{2518}',
+    '\u{250C}', '\u{2588}', '\u{2584}', '\u{00A6}', '\u{00CC}', '\u{2580}', '\u{00D3}', '\u{00DF}', '\u{00D4}',
+    '\u{00D2}', '\u{00F5}', '\u{00D5}', '\u{00B5}', '\u{00FE}', '\u{00DE}', '\u{00DA}', '\u{00DB}', '\u{00D9}',
+    '\u{00FD}', '\u{00DD}', '\u{00AF}', '\u{00B4}', '\u{00AD}', '\u{00B1}', '\u{2017}', '\u{00BE}', '\u{00B6}',
+    '\u{00A7}', '\u{00F7}', '\u{00B8}', '\u{00B0}', '\u{00A8}', '\u{00B7}', '\u{00B9}', '\u{00B3}', '\u{00B2}',
+    '\u{25A0}', '\u{00A0}',
+];
+
+/// One short-name byte as text: ASCII as itself, 0x80-0xFF by [`CP850_HIGH`], and the
+/// control bytes no valid name holds as a visible "\xNN" escape (never a raw control
+/// character on a terminal).
+fn short_char(c: u8, out: &mut String) {
+    match c {
+        0x20..=0x7E => out.push(c as char),
+        0x80..=0xFF => out.push(CP850_HIGH[usize::from(c - 0x80)]),
+        _ => out.push_str(&format!("\\x{c:02x}")),
+    }
+}
+
 /// An 8.3 name for display: "NAME.EXT", with the Windows NT lower-case flags applied.
 fn short_display(e: &[u8]) -> String {
     let mut name = e[..11].to_vec();
+    // §6.1: 0x05 in the first byte stands for 0xE5 (which marks a free entry).
     if name[0] == 0x05 {
         name[0] = 0xE5;
     }
     let nt = e[12];
     let conv = |s: &[u8], lower: bool| -> String {
-        let t: String = s.iter().map(|&c| c as char).collect::<String>().trim_end().to_string();
+        let mut t = String::new();
+        for &c in s {
+            short_char(c, &mut t);
+        }
+        let t = t.trim_end().to_string();
         if lower {
             t.to_ascii_lowercase()
         } else {

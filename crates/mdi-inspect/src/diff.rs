@@ -11,7 +11,7 @@
 //! and the same file written out in full are equal, and blocks that only moved (the same
 //! file at another place) are explained by the file they belong to.
 
-use crate::fs::{self, Node, Owner, Walk, WalkOptions};
+use crate::fs::{self, Owner, Role, Walk, WalkOptions};
 use crate::{layout, Disk, Layout, Part};
 use mdi_ptable::read::Table;
 use mdi_sink::ReadAt;
@@ -65,9 +65,10 @@ impl Outcome {
     }
 }
 
-/// Runs `make-disk-image diff`: (exit code, text to print).
-pub fn run(a: &Path, b: &Path, as_json: bool) -> (i32, String) {
-    let open = |p: &Path| Disk::open(p).map_err(|e| format!("cannot read image '{}': {e}", p.display()));
+/// Runs `make-disk-image diff`: (exit code, text for stdout, errors for stderr). In JSON
+/// the errors are also in the document's "errors".
+pub fn run(a: &Path, b: &Path, as_json: bool, format: Option<mdi_container::read::Format>) -> (i32, String, String) {
+    let open = |p: &Path| Disk::open_as(p, format).map_err(|e| format!("cannot read image '{}': {e}", p.display()));
     let out = match (open(a), open(b)) {
         (Ok(da), Ok(db)) => diff(&da, &db),
         (ea, eb) => {
@@ -98,10 +99,11 @@ pub fn run(a: &Path, b: &Path, as_json: bool) -> (i32, String) {
     } else {
         render(&out, a, b)
     };
-    (code, text)
+    let errors: String = out.errors.iter().map(|e| format!("error: {e}\n")).collect();
+    (code, text, errors)
 }
 
-/// The human-readable form.
+/// The human-readable form (without the errors, which go to stderr).
 pub fn render(out: &Outcome, a: &Path, b: &Path) -> String {
     let mut s = String::new();
     for n in &out.notes {
@@ -113,9 +115,6 @@ pub fn render(out: &Outcome, a: &Path, b: &Path) -> String {
         } else {
             let _ = writeln!(s, "{}: {}: {} vs {}", d.place, d.what, d.a, d.b);
         }
-    }
-    for e in &out.errors {
-        let _ = writeln!(s, "error: {e}");
     }
     if out.errors.is_empty() {
         if out.differences.is_empty() {
@@ -220,7 +219,93 @@ pub fn diff(a: &Disk, b: &Disk) -> Outcome {
 
     // 5. Blocks nothing above explains.
     compare_blocks(&mut out, a, b, &la, &lb, &regions, table_differs);
+
+    // 6. The files themselves: two images of one format that hold the same disk can still
+    // differ in the container's own bytes (tables, padding, unused space).
+    if a.format == b.format && out.differences.is_empty() && out.errors.is_empty() {
+        if let (Some(pa), Some(pb)) = (&a.path, &b.path) {
+            compare_files_bytes(&mut out, a.format, pa, pb);
+        }
+    }
+    for n in a.notes.iter().chain(&b.notes) {
+        out.notes.push(n.clone());
+    }
     out
+}
+
+/// Compares two image files byte for byte, naming the ranges that differ as the
+/// container's (the virtual disks being equal when this runs).
+fn compare_files_bytes(out: &mut Outcome, format: mdi_container::read::Format, a: &Path, b: &Path) {
+    let open = |p: &Path| std::fs::File::open(p).map(std::io::BufReader::new);
+    let (mut fa, mut fb) = match (open(a), open(b)) {
+        (Ok(x), Ok(y)) => (x, y),
+        (x, y) => {
+            for e in [x.err(), y.err()].into_iter().flatten() {
+                out.errors.push(format!("comparing the image files: {e}"));
+            }
+            return;
+        }
+    };
+    let what = if format == mdi_container::read::Format::Raw {
+        "the file bytes past the disk's last whole sector".to_string()
+    } else {
+        format!("{format} metadata or unused space (nothing of the virtual disk)")
+    };
+    const CHUNK: usize = 1 << 20;
+    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut off = 0u64;
+    loop {
+        let (na, nb) = match (read_full(&mut fa, &mut ba), read_full(&mut fb, &mut bb)) {
+            (Ok(x), Ok(y)) => (x, y),
+            (x, y) => {
+                for e in [x.err(), y.err()].into_iter().flatten() {
+                    out.errors.push(format!("comparing the image files at byte {off}: {e}"));
+                }
+                return;
+            }
+        };
+        for (k, (x, y)) in ba[..na.min(nb)].chunks(512).zip(bb[..na.min(nb)].chunks(512)).enumerate() {
+            if x != y {
+                let pos = off + (k * 512) as u64;
+                match ranges.last_mut() {
+                    Some(r) if r.0 + r.1 == pos => r.1 += x.len() as u64,
+                    _ => ranges.push((pos, x.len() as u64)),
+                }
+            }
+        }
+        if na != nb || na < CHUNK {
+            break;
+        }
+        off += na as u64;
+    }
+    let (la, lb) = (std::fs::metadata(a).map(|m| m.len()), std::fs::metadata(b).map(|m| m.len()));
+    if let (Ok(la), Ok(lb)) = (la, lb) {
+        if la != lb {
+            out.add("image", "image file", format!("file size ({what})"), la.to_string(), lb.to_string());
+        }
+    }
+    let total = ranges.len();
+    for (pos, len) in ranges.into_iter().take(MAX_RANGES) {
+        out.add("image", "image file", format!("{len} bytes at file offset {pos} differ ({what})"), "", "");
+    }
+    if total > MAX_RANGES {
+        out.add("image", "image file", format!("and {} more ranges", total - MAX_RANGES), "", "");
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn cmp_tables(out: &mut Outcome, a: Option<&Table>, b: Option<&Table>) {
@@ -285,12 +370,27 @@ struct Region {
     /// Owners of each image's bytes, absolute on the disk, non-overlapping and sorted.
     spans_a: Vec<(u64, u64, SpanKind)>,
     spans_b: Vec<(u64, u64, SpanKind)>,
+    /// Each image's entries (by walk index): path, type, size, and whether a difference
+    /// was reported for it (then its blocks are explained).
+    nodes_a: Vec<Entry>,
+    nodes_b: Vec<Entry>,
     has_fs: bool,
+    /// The filesystem type ("" when none).
+    kind: String,
+}
+
+struct Entry {
+    path: Vec<u8>,
+    ty: fs::Type,
+    size: u64,
+    differs: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum SpanKind {
-    File,
+    /// Entry index, what the range holds for it, and the byte of the disk at which the
+    /// range starts (to place a byte within the entry).
+    File(usize, Role, u64),
     Meta(String),
 }
 
@@ -298,13 +398,14 @@ fn abs_spans(part: &Part, w: &Walk) -> Vec<(u64, u64, SpanKind)> {
     let mut v: Vec<(u64, u64, SpanKind)> = Vec::new();
     let mut end = 0u64;
     for s in &w.spans {
-        let start = part.offset.saturating_add(s.start).max(end);
-        let stop = part.offset.saturating_add(s.start).saturating_add(s.len);
+        let first = part.offset.saturating_add(s.start);
+        let start = first.max(end);
+        let stop = first.saturating_add(s.len);
         if stop <= start {
             continue;
         }
         let kind = match &s.owner {
-            Owner::Node(_) => SpanKind::File,
+            Owner::Node(i, role) => SpanKind::File(*i, *role, first),
             Owner::Meta(m) => SpanKind::Meta(m.clone()),
         };
         v.push((start, stop, kind));
@@ -313,16 +414,29 @@ fn abs_spans(part: &Part, w: &Walk) -> Vec<(u64, u64, SpanKind)> {
     v
 }
 
+/// "partition 2 (ext4)", or for a filesystem on the whole disk "filesystem (ext4)"; without
+/// a type, "partition 2" or "the filesystem".
 fn part_place(n: Option<u32>, kind: &str) -> String {
-    match n {
-        Some(n) => format!("partition {n} ({kind})"),
-        None => format!("filesystem ({kind})"),
+    match (n, kind) {
+        (Some(n), "") => format!("partition {n}"),
+        (Some(n), k) => format!("partition {n} ({k})"),
+        (None, "") => "the filesystem".to_string(),
+        (None, k) => format!("filesystem ({k})"),
     }
 }
 
 fn compare_part(out: &mut Outcome, a: &Disk, b: &Disk, pa: Option<&Part>, pb: Option<&Part>) -> Region {
     let number = pa.or(pb).and_then(|p| p.number);
-    let mut region = Region { number, explained: false, spans_a: Vec::new(), spans_b: Vec::new(), has_fs: false };
+    let mut region = Region {
+        number,
+        explained: false,
+        spans_a: Vec::new(),
+        spans_b: Vec::new(),
+        nodes_a: Vec::new(),
+        nodes_b: Vec::new(),
+        has_fs: false,
+        kind: String::new(),
+    };
     let (Some(pa), Some(pb)) = (pa, pb) else {
         region.explained = true; // reported at the table level
         return region;
@@ -331,7 +445,7 @@ fn compare_part(out: &mut Outcome, a: &Disk, b: &Disk, pa: Option<&Part>, pb: Op
     let (fa, fb) = match (fs::open(&wa), fs::open(&wb)) {
         (Ok(x), Ok(y)) => (x, y),
         (x, y) => {
-            let place = part_place(number, "filesystem");
+            let place = part_place(number, "");
             for (which, e) in [("first", x.err()), ("second", y.err())] {
                 if let Some(e) = e {
                     out.errors.push(format!("{place} in the {which} image: {e}"));
@@ -343,11 +457,25 @@ fn compare_part(out: &mut Outcome, a: &Disk, b: &Disk, pa: Option<&Part>, pb: Op
     };
     let before = out.differences.len();
     let (fa, fb) = match (fa, fb) {
-        (None, None) => return region,
+        (None, None) => {
+            // Filesystems known by their superblock only: compare what is known of them.
+            if let (Some(x), Some(y)) = (crate::other_fs::identify(&wa), crate::other_fs::identify(&wb)) {
+                let place = part_place(number, &x.kind);
+                if x.kind != y.kind {
+                    out.add("filesystem", &place, "filesystem type", x.kind, y.kind);
+                } else {
+                    out.cmp("filesystem", &place, "label", x.label.as_str(), y.label.as_str());
+                    out.cmp("filesystem", &place, "UUID", x.uuid.as_str(), y.uuid.as_str());
+                    cmp_fields(out, "filesystem", &place, &x.fields, &y.fields, &[]);
+                }
+                region.explained = out.differences.len() > before;
+            }
+            return region;
+        }
         (Some(x), Some(y)) => (x, y),
         (x, y) => {
             let k = |f: &Option<fs::Fs<'_>>| f.as_ref().map_or("none".to_string(), |f| f.info().kind);
-            out.add("filesystem", &part_place(number, "filesystem"), "type", k(&x), k(&y));
+            out.add("filesystem", &part_place(number, ""), "filesystem type", k(&x), k(&y));
             region.explained = true;
             region.has_fs = true;
             return region;
@@ -356,6 +484,7 @@ fn compare_part(out: &mut Outcome, a: &Disk, b: &Disk, pa: Option<&Part>, pb: Op
     region.has_fs = true;
     let (ia, ib) = (fa.info(), fb.info());
     let place = part_place(number, &ia.kind);
+    region.kind = ia.kind.clone();
     if ia.kind != ib.kind {
         out.add("filesystem", &place, "type", ia.kind, ib.kind);
         region.explained = true;
@@ -375,10 +504,15 @@ fn compare_part(out: &mut Outcome, a: &Disk, b: &Disk, pa: Option<&Part>, pb: Op
             out.errors.push(format!("{place} in the {which} image: {p}"));
         }
     }
-    compare_files(out, &place, &fa, &fb, &wa_, &wb_);
+    let (da, db) = compare_files(out, &place, &fa, &fb, &wa_, &wb_);
     region.explained = out.differences.len() > before;
     region.spans_a = abs_spans(pa, &wa_);
     region.spans_b = abs_spans(pb, &wb_);
+    let entries = |w: Walk, d: Vec<bool>| -> Vec<Entry> {
+        w.nodes.into_iter().zip(d).map(|(n, differs)| Entry { path: n.path, ty: n.ty, size: n.size, differs }).collect()
+    };
+    region.nodes_a = entries(wa_, da);
+    region.nodes_b = entries(wb_, db);
     region
 }
 
@@ -397,44 +531,88 @@ fn show_bytes(b: &[u8]) -> String {
     }
 }
 
-/// Groups of paths that are one inode (non-directories with more than one link).
-fn link_groups(w: &Walk) -> BTreeMap<Vec<u8>, Vec<Vec<u8>>> {
-    let mut by: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
-    for n in &w.nodes {
-        if n.ty != fs::Type::Dir && n.nlink > 1 && n.attr.is_none() {
-            by.entry(n.id).or_default().push(n.path.clone());
-        }
-    }
-    let mut out = BTreeMap::new();
-    for g in by.into_values().filter(|g| g.len() > 1) {
-        for p in &g {
-            out.insert(p.clone(), g.iter().filter(|q| *q != p).cloned().collect());
-        }
-    }
-    out
+/// Hard-link groups (non-directories with more than one link seen under several paths):
+/// for each walk index, its group's number, and each group's walk indices in path order.
+/// Memory is linear in the number of entries, however many names one inode has.
+struct LinkGroups {
+    of: Vec<Option<usize>>,
+    members: Vec<Vec<usize>>,
 }
 
-fn compare_files(out: &mut Outcome, place: &str, fa: &fs::Fs<'_>, fb: &fs::Fs<'_>, a: &Walk, b: &Walk) {
-    let ma: BTreeMap<&[u8], &Node> = a.nodes.iter().map(|n| (n.path.as_slice(), n)).collect();
-    let mb: BTreeMap<&[u8], &Node> = b.nodes.iter().map(|n| (n.path.as_slice(), n)).collect();
+fn link_groups(w: &Walk) -> LinkGroups {
+    let mut by: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (k, n) in w.nodes.iter().enumerate() {
+        if n.ty != fs::Type::Dir && n.nlink > 1 && n.attr.is_none() {
+            by.entry(n.id).or_default().push(k);
+        }
+    }
+    let mut g = LinkGroups { of: vec![None; w.nodes.len()], members: Vec::new() };
+    for m in by.into_values().filter(|m| m.len() > 1) {
+        for &k in &m {
+            g.of[k] = Some(g.members.len());
+        }
+        g.members.push(m);
+    }
+    g
+}
+
+/// The other names of entry `k` for a message: at most a few, then how many more.
+fn other_names(w: &Walk, g: &LinkGroups, k: usize) -> String {
+    const SHOWN: usize = 5;
+    let Some(m) = g.of[k].map(|i| &g.members[i]) else { return "no other name".to_string() };
+    let others: Vec<String> = m
+        .iter()
+        .filter(|&&j| j != k)
+        .take(SHOWN)
+        .map(|&j| String::from_utf8_lossy(&w.nodes[j].path).into_owned())
+        .collect();
+    let more = m.len() - 1 - others.len();
+    if more > 0 {
+        format!("{} and {more} more", others.join(", "))
+    } else {
+        others.join(", ")
+    }
+}
+
+/// Compares every entry; returns, for each entry of each walk, whether a difference was
+/// reported for it.
+fn compare_files(
+    out: &mut Outcome,
+    place: &str,
+    fa: &fs::Fs<'_>,
+    fb: &fs::Fs<'_>,
+    a: &Walk,
+    b: &Walk,
+) -> (Vec<bool>, Vec<bool>) {
+    let ma: BTreeMap<&[u8], usize> = a.nodes.iter().enumerate().map(|(k, n)| (n.path.as_slice(), k)).collect();
+    let mb: BTreeMap<&[u8], usize> = b.nodes.iter().enumerate().map(|(k, n)| (n.path.as_slice(), k)).collect();
     let paths: BTreeSet<&[u8]> = ma.keys().chain(mb.keys()).copied().collect();
     let (ga, gb) = (link_groups(a), link_groups(b));
+    let (mut da, mut db) = (vec![false; a.nodes.len()], vec![false; b.nodes.len()]);
+    // Whether two link groups hold the same names, decided once per pair of groups.
+    let mut same_group: BTreeMap<(usize, usize), bool> = BTreeMap::new();
     for p in paths {
         let at = format!("{place} {}", String::from_utf8_lossy(p));
-        let (x, y) = match (ma.get(p), mb.get(p)) {
-            (Some(x), None) => {
-                out.add("file", &at, format!("only in the first image ({})", x.ty.name()), "", "");
+        let before = out.differences.len();
+        let (ka, kb) = match (ma.get(p), mb.get(p)) {
+            (Some(&x), None) => {
+                out.add("file", &at, format!("only in the first image ({})", a.nodes[x].ty.name()), "", "");
+                da[x] = true;
                 continue;
             }
-            (None, Some(y)) => {
-                out.add("file", &at, format!("only in the second image ({})", y.ty.name()), "", "");
+            (None, Some(&y)) => {
+                out.add("file", &at, format!("only in the second image ({})", b.nodes[y].ty.name()), "", "");
+                db[y] = true;
                 continue;
             }
-            (Some(x), Some(y)) => (*x, *y),
+            (Some(&x), Some(&y)) => (x, y),
             (None, None) => continue,
         };
+        let (x, y) = (&a.nodes[ka], &b.nodes[kb]);
         if x.ty != y.ty {
             out.add("file", &at, "type", x.ty.name(), y.ty.name());
+            da[ka] = true;
+            db[kb] = true;
             continue;
         }
         if x.digest != y.digest {
@@ -486,21 +664,26 @@ fn compare_files(out: &mut Outcome, place: &str, fa: &fs::Fs<'_>, fb: &fs::Fs<'_
                 _ => {}
             }
         }
-        let (la, lb) = (ga.get(p).cloned().unwrap_or_default(), gb.get(p).cloned().unwrap_or_default());
-        if la != lb {
-            let show = |g: &[Vec<u8>]| {
-                if g.is_empty() {
-                    "no other name".to_string()
-                } else {
-                    g.iter().map(|q| String::from_utf8_lossy(q).into_owned()).collect::<Vec<_>>().join(", ")
-                }
-            };
-            out.add(f, &at, "hard links", show(&la), show(&lb));
+        let links_differ = match (ga.of[ka], gb.of[kb]) {
+            (None, None) => false,
+            (Some(i), Some(j)) => !*same_group.entry((i, j)).or_insert_with(|| {
+                let (x, y) = (&ga.members[i], &gb.members[j]);
+                x.len() == y.len() && x.iter().zip(y).all(|(&u, &v)| a.nodes[u].path == b.nodes[v].path)
+            }),
+            _ => true,
+        };
+        if links_differ {
+            out.add(f, &at, "hard links", other_names(a, &ga, ka), other_names(b, &gb, kb));
         }
         if x.error != y.error {
             out.add(f, &at, "read error", x.error.clone().unwrap_or_default(), y.error.clone().unwrap_or_default());
         }
+        if out.differences.len() > before {
+            da[ka] = true;
+            db[kb] = true;
+        }
     }
+    (da, db)
 }
 
 /// The first byte at which two files of `size` bytes differ (files up to 64 MiB).
@@ -519,6 +702,43 @@ const UNIT: u64 = 4096;
 /// Ranges of unexplained blocks listed before "and N more".
 const MAX_RANGES: usize = 20;
 
+/// The entry owning `pos`, what the range holds for it, and the byte within the range.
+fn entry_at<'a>(o: Option<&SpanKind>, nodes: &'a [Entry], pos: u64) -> Option<(&'a Entry, Role, u64)> {
+    match o {
+        Some(SpanKind::File(i, role, first)) => nodes.get(*i).map(|e| (e, *role, pos.saturating_sub(*first))),
+        _ => None,
+    }
+}
+
+/// Whether two (role, byte within the range) pairs are the same byte of an entry.
+fn at_same_place(ra: Role, oa: u64, rb: Role, ob: u64) -> bool {
+    match (ra, rb) {
+        (Role::Content(x), Role::Content(y)) => x.checked_add(oa) == y.checked_add(ob),
+        (x, y) => x == y,
+    }
+}
+
+/// What a byte of an unchanged entry is, when it differs: never its content.
+fn entry_part(e: &Entry, role: Role, within: u64) -> String {
+    let path = String::from_utf8_lossy(&e.path);
+    match (role, e.ty) {
+        (Role::Content(_), fs::Type::Dir) => {
+            format!("directory {path}: bytes its entries do not use (record slack, padding or unused slots)")
+        }
+        (Role::Content(off), _) if off.saturating_add(within) >= e.size => {
+            format!("{} {path}: bytes past its end ({} bytes), in its last block", e.ty.name(), e.size)
+        }
+        (Role::Content(off), _) => format!(
+            "{} {path}: byte {} of its data, which reads the same (a checksum or an unread form)",
+            e.ty.name(),
+            off.saturating_add(within)
+        ),
+        (Role::Unwritten, _) => format!("{} {path}: an unwritten extent (it reads as zeros)", e.ty.name()),
+        (Role::Mapping, _) => format!("{} {path}: its extent tree or block map", e.ty.name()),
+        (Role::Xattr, _) => format!("{} {path}: its extended-attribute block", e.ty.name()),
+    }
+}
+
 fn owner_at(spans: &[(u64, u64, SpanKind)], pos: u64) -> Option<&SpanKind> {
     let i = spans.partition_point(|s| s.0 <= pos);
     i.checked_sub(1).map(|i| &spans[i]).filter(|s| pos < s.1).map(|s| &s.2)
@@ -536,19 +756,36 @@ fn compare_blocks(
     let size = a.size().min(b.size());
     let parts: Vec<(&Part, Option<&Region>)> =
         la.parts.iter().map(|p| (p, regions.iter().find(|r| r.number == p.number))).collect();
+    let ss = la.table.as_ref().map_or(512, |t| t.sector_size);
     let gpt_tail = la.table.as_ref().and_then(|t| t.gpt.as_ref()).map(|h| h.last_usable + 1);
     let _ = lb;
     // Classifies one differing unit: None when explained, else what it is.
     let classify = |pos: u64| -> Option<String> {
         if let Some((p, r)) = parts.iter().find(|(p, _)| pos >= p.offset && pos - p.offset < p.size) {
             let Some(r) = r else { return Some(format!("partition {}", p.number.unwrap_or(0))) };
-            let place = part_place(p.number, "");
-            let place = place.trim_end_matches(" ()");
+            let place = part_place(p.number, &r.kind);
             if !r.has_fs {
                 return if r.explained { None } else { Some(format!("{place}, which holds no known filesystem")) };
             }
-            match (owner_at(&r.spans_a, pos), owner_at(&r.spans_b, pos)) {
-                (Some(SpanKind::File), _) | (_, Some(SpanKind::File)) => None,
+            let (oa, ob) = (owner_at(&r.spans_a, pos), owner_at(&r.spans_b, pos));
+            let (ea, eb) = (entry_at(oa, &r.nodes_a, pos), entry_at(ob, &r.nodes_b, pos));
+            // An entry with a reported difference explains its blocks.
+            if ea.is_some_and(|e| e.0.differs) || eb.is_some_and(|e| e.0.differs) {
+                return None;
+            }
+            match (ea, eb) {
+                // The same byte of the same unchanged entry: the difference is in what is
+                // not its content (slack, an unwritten extent, its mapping blocks).
+                (Some((x, rx, ox)), Some((y, ry, oy))) if x.path == y.path && at_same_place(rx, ox, ry, oy) => {
+                    return Some(format!("{place}: {}", entry_part(x, rx, ox)));
+                }
+                // An unchanged entry here in one image and not at this place in the other:
+                // it moved, and the mapping that says so (inode table, extent tree) differs
+                // and is named, or is explained by a difference above.
+                (Some(_), _) | (_, Some(_)) => return None,
+                (None, None) => {}
+            }
+            match (oa, ob) {
                 (Some(SpanKind::Meta(m)), _) | (_, Some(SpanKind::Meta(m))) => {
                     if r.explained {
                         None
@@ -556,13 +793,13 @@ fn compare_blocks(
                         Some(format!("{place}: {m}"))
                     }
                 }
-                (None, None) => Some(format!("{place}: free space")),
+                _ => Some(format!("{place}: free space")),
             }
         } else {
-            let sector = pos / 512;
+            let sector = pos / ss;
             let what = if sector == 0 {
                 "the MBR".to_string()
-            } else if la.table.as_ref().is_some_and(|t| t.gpt.is_some()) && sector <= 33 {
+            } else if la.table.as_ref().and_then(|t| t.gpt.as_ref()).is_some_and(|h| sector < h.first_usable) {
                 "the primary GPT".to_string()
             } else if gpt_tail.is_some_and(|t| sector >= t) {
                 "the backup GPT".to_string()

@@ -52,6 +52,8 @@ pub struct Info {
     pub uuid: String,
     /// Block (ext) or cluster (FAT) size in bytes.
     pub block_size: u64,
+    /// ext4 with bigalloc: the allocation cluster in bytes.
+    pub cluster_size: Option<u64>,
     /// Blocks or clusters.
     pub blocks: u64,
     /// Free blocks or clusters.
@@ -164,11 +166,25 @@ pub struct Node {
     pub error: Option<String>,
 }
 
+/// What an entry's range holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Content (file data, directory records, symlink target) starting at this byte of
+    /// the entry; the part at or past the entry's size is slack of its last block.
+    Content(u64),
+    /// An allocated but unwritten extent: on disk, but it reads as zeros.
+    Unwritten,
+    /// Mapping blocks: extent tree nodes or indirect blocks.
+    Mapping,
+    /// The extended-attribute block.
+    Xattr,
+}
+
 /// Who owns a range of the filesystem.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Owner {
-    /// An entry (index into [`Walk::nodes`]): its data, directory, mapping or xattr blocks.
-    Node(usize),
+    /// An entry (index into [`Walk::nodes`]) and what the range holds for it.
+    Node(usize, Role),
     /// Filesystem metadata (superblock, group descriptors, bitmaps, inode tables, FATs, ...).
     Meta(String),
 }
@@ -222,6 +238,18 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// EXT4_ENCRYPT_FL (ext4 on-disk layout, "Inode flags"): the directory's entry names are
+/// fscrypt ciphertext, any byte value included ('/' and NUL too).
+const FL_ENCRYPT: u32 = 0x800;
+
+/// How an encrypted entry name is shown without its key: "encrypted:" and the ciphertext
+/// in hex, so that it is a valid, stable path component and says what it is.
+fn encrypted_name(cipher: &[u8]) -> Vec<u8> {
+    let mut n = b"encrypted:".to_vec();
+    n.extend(hex(cipher).into_bytes());
+    n
+}
+
 /// Refuses entry names that would make paths ambiguous.
 fn bad_name(name: &[u8]) -> bool {
     name.is_empty() || name.contains(&b'/') || name == b"." || name == b".."
@@ -265,6 +293,7 @@ impl Fs<'_> {
                     label: String::from_utf8_lossy(&sb.label).into_owned(),
                     uuid: ext_uuid(&sb.uuid),
                     block_size: sb.block_size,
+                    cluster_size: (sb.cluster_size != sb.block_size).then_some(sb.cluster_size),
                     blocks: sb.blocks_count,
                     free_blocks: sb.free_blocks,
                     inodes: Some(u64::from(sb.inodes_count)),
@@ -279,7 +308,7 @@ impl Fs<'_> {
             Fs::Fat(v) => {
                 let cb = v.cluster_bytes();
                 let free = u64::from(v.free_clusters());
-                let mut problems = Vec::new();
+                let mut problems = v.warnings.clone();
                 match v.fsinfo_free() {
                     Ok(Some(n)) if n != 0xFFFF_FFFF && u64::from(n) != free => {
                         problems.push(format!("FSInfo says {n} free clusters, the FAT has {free}"))
@@ -312,6 +341,7 @@ impl Fs<'_> {
                         .map(|id| format!("{:04X}-{:04X}", id >> 16, id & 0xFFFF))
                         .unwrap_or_default(),
                     block_size: cb,
+                    cluster_size: None,
                     blocks: u64::from(v.clusters),
                     free_blocks: free,
                     inodes: None,
@@ -345,7 +375,11 @@ impl Fs<'_> {
                     return Ok(vec![ext_node(f, path.to_vec(), &ino, &mut Ctx::default(), WalkOptions::default())]);
                 }
                 let mut out = Vec::new();
-                for e in f.read_dir(&ino).map_err(|e| e.to_string())? {
+                let encrypted = ino.flags & FL_ENCRYPT != 0;
+                for mut e in f.read_dir(&ino).map_err(|e| e.to_string())? {
+                    if encrypted {
+                        e.name = encrypted_name(&e.name);
+                    }
                     let p = join(path, &e.name);
                     match f.inode(e.ino) {
                         Ok(i) => out.push(ext_node(f, p, &i, &mut Ctx::default(), WalkOptions::default())),
@@ -484,19 +518,29 @@ fn ext_node(f: &e4::Fs<'_>, path: Vec<u8>, i: &e4::Inode, ctx: &mut Ctx, opts: W
             Ok(map) => {
                 if opts.spans {
                     let bs = f.sb.block_size;
-                    let owner = Owner::Node(usize::MAX); // patched by the caller
+                    // The entry index is patched by the caller.
                     for e in &map.extents {
+                        let role =
+                            if e.unwritten { Role::Unwritten } else { Role::Content(e.logical.saturating_mul(bs)) };
                         ctx.spans.push(Span {
                             start: e.start.saturating_mul(bs),
                             len: e.len.saturating_mul(bs),
-                            owner: owner.clone(),
+                            owner: Owner::Node(usize::MAX, role),
                         });
                     }
                     for &b in &map.meta {
-                        ctx.spans.push(Span { start: b.saturating_mul(bs), len: bs, owner: owner.clone() });
+                        ctx.spans.push(Span {
+                            start: b.saturating_mul(bs),
+                            len: bs,
+                            owner: Owner::Node(usize::MAX, Role::Mapping),
+                        });
                     }
                     if i.file_acl != 0 {
-                        ctx.spans.push(Span { start: i.file_acl.saturating_mul(bs), len: bs, owner });
+                        ctx.spans.push(Span {
+                            start: i.file_acl.saturating_mul(bs),
+                            len: bs,
+                            owner: Owner::Node(usize::MAX, Role::Xattr),
+                        });
                     }
                 }
                 if want_digest {
@@ -559,7 +603,9 @@ fn walk_ext4(f: &e4::Fs<'_>, opts: WalkOptions) -> Walk {
         let first_span = ctx.spans.len();
         let node = ext_node(f, path.clone(), &dir, &mut ctx, opts);
         for s in &mut ctx.spans[first_span..] {
-            s.owner = Owner::Node(idx);
+            if let Owner::Node(i, _) = &mut s.owner {
+                *i = idx;
+            }
         }
         nodes.push((node, idx));
         let entries = match f.read_dir(&dir) {
@@ -569,7 +615,11 @@ fn walk_ext4(f: &e4::Fs<'_>, opts: WalkOptions) -> Walk {
                 continue;
             }
         };
-        for e in entries {
+        let encrypted = dir.flags & FL_ENCRYPT != 0;
+        for mut e in entries {
+            if encrypted {
+                e.name = encrypted_name(&e.name);
+            }
             if bad_name(&e.name) {
                 w.problems.push(format!(
                     "{}: an entry has the name {:?}",
@@ -602,7 +652,9 @@ fn walk_ext4(f: &e4::Fs<'_>, opts: WalkOptions) -> Walk {
             let first_span = ctx.spans.len();
             let node = ext_node(f, p, &i, &mut ctx, opts);
             for s in &mut ctx.spans[first_span..] {
-                s.owner = Owner::Node(idx);
+                if let Owner::Node(i, _) = &mut s.owner {
+                    *i = idx;
+                }
             }
             nodes.push((node, idx));
         }
@@ -649,7 +701,7 @@ fn finish(mut w: Walk, mut nodes: Vec<(Node, usize)>, mut ctx: Ctx, opts: WalkOp
     }
     if opts.spans {
         for s in &mut ctx.spans {
-            if let Owner::Node(i) = &mut s.owner {
+            if let Owner::Node(i, _) = &mut s.owner {
                 *i = new_index.get(*i).copied().unwrap_or(usize::MAX);
             }
         }
@@ -693,8 +745,9 @@ fn fat_node(v: &fat::Volume<'_>, path: Vec<u8>, e: &fat::Entry, ctx: &mut Ctx, o
         Ok(chain) => {
             if opts.spans {
                 let cb = v.cluster_bytes();
-                for c in &chain {
-                    ctx.spans.push(Span { start: v.cluster_offset(*c), len: cb, owner: Owner::Node(usize::MAX) });
+                for (k, c) in chain.iter().enumerate() {
+                    let role = Role::Content((k as u64).saturating_mul(cb));
+                    ctx.spans.push(Span { start: v.cluster_offset(*c), len: cb, owner: Owner::Node(usize::MAX, role) });
                 }
             }
             if opts.content {
@@ -748,8 +801,9 @@ fn walk_fat(v: &fat::Volume<'_>, opts: WalkOptions) -> Walk {
     while let Some((path, dir, owner)) = stack.pop() {
         if opts.spans {
             let cb = v.cluster_bytes();
-            for c in v.dir_clusters(dir).unwrap_or_default() {
-                ctx.spans.push(Span { start: v.cluster_offset(c), len: cb, owner: Owner::Node(owner) });
+            for (k, c) in v.dir_clusters(dir).unwrap_or_default().into_iter().enumerate() {
+                let role = Role::Content((k as u64).saturating_mul(cb));
+                ctx.spans.push(Span { start: v.cluster_offset(c), len: cb, owner: Owner::Node(owner, role) });
             }
         }
         let entries = match v.read_dir(dir) {
@@ -774,7 +828,9 @@ fn walk_fat(v: &fat::Volume<'_>, opts: WalkOptions) -> Walk {
             let first_span = ctx.spans.len();
             let node = fat_node(v, p.clone(), &e, &mut ctx, opts);
             for s in &mut ctx.spans[first_span..] {
-                s.owner = Owner::Node(idx);
+                if let Owner::Node(i, _) = &mut s.owner {
+                    *i = idx;
+                }
             }
             nodes.push((node, idx));
             if e.is_dir() {

@@ -19,13 +19,15 @@
 //!     "format": "qcow2",            // raw, qcow2, vdi, vpc, vmdk, vhdx
 //!     "virtualSize": 1073741824,
 //!     "fileSize": 2228224,
-//!     "header": [["version", "3"], ["cluster_bits", "16"], ...]   // as the format names them; [] for raw
+//!     "header": [["version", "3"], ["cluster_bits", "16"], ...],  // as the format names them; [] for raw
+//!     "notes": ["…"]                // what the reader decided: a raw file padded to whole
+//!                                   // sectors, a VHD sized by its CHS geometry, …
 //!   },
 //!   "partitionTable": null | {
 //!     "type": "gpt",                // "gpt" or "dos", as sfdisk --json's "label"
 //!     "id": "…",                    // disk GUID (upper case) or MBR signature "0x1234abcd"
 //!     "firstLba": 34, "lastLba": 2097118,   // GPT only: the usable sectors
-//!     "sectorSize": 512,
+//!     "sectorSize": 512,            // 4096 for a GPT on 4096-byte sectors (found at byte 4096)
 //!     "problems": ["…"],
 //!     "partitions": [{
 //!       "number": 1,
@@ -39,11 +41,14 @@
 //!   "filesystems": [{
 //!     "partition": 1 | null,        // null: the filesystem spans the whole disk
 //!     "offset": 1048576,            // bytes from the start of the disk
-//!     "type": "ext4",               // ext2, ext3, ext4, vfat (blkid's TYPE) or null when unknown
+//!     "type": "ext4",               // ext2, ext3, ext4, vfat (blkid's TYPE) or null when unknown;
+//!                                   // btrfs, xfs, erofs, squashfs: recognised by the superblock
+//!                                   // only (type, label, uuid, size; files not read)
 //!     "version": "1.0" | "FAT32",
 //!     "label": "nixos", "uuid": "…",      // uuid as blkid prints it
 //!     "blockSize": 4096, "blocks": 262144, "freeBlocks": 1234,   // clusters on FAT
 //!     "inodes": 65536, "freeInodes": 60000,                       // ext only
+//!     "clusterSize": 65536,         // ext4 with bigalloc only
 //!     "size": 1073741824, "used": 12345678,
 //!     "features": ["has_journal", …],     // ext: dumpe2fs's names
 //!     "problems": ["…"],
@@ -60,8 +65,10 @@
 pub mod content;
 pub mod diff;
 pub mod fs;
+pub mod other_fs;
 
-use mdi_container::read::{Format, Image};
+pub use mdi_container::read::Format;
+use mdi_container::read::Image;
 use mdi_ptable::read::{self as ptable, Table};
 use mdi_sink::{ReadAt, Window};
 use serde_json::{json, Value};
@@ -81,18 +88,30 @@ pub struct Disk {
     pub file_size: u64,
     /// The name used in messages.
     pub name: String,
+    /// What the format's reader decided that the user should know (padding, rounding).
+    pub notes: Vec<String>,
+    /// The image file, when it was opened from one (for `diff`'s byte comparison).
+    pub path: Option<std::path::PathBuf>,
 }
 
 impl Disk {
     /// Opens an image file of any format the readers know.
     pub fn open(path: &Path) -> io::Result<Disk> {
-        let img = mdi_container::read::open(path)?;
+        Disk::open_as(path, None)
+    }
+
+    /// Opens an image file as `format` (None: detect it; see `mdi_container::read::open_as`).
+    pub fn open_as(path: &Path, format: Option<Format>) -> io::Result<Disk> {
+        let img = mdi_container::read::open_as(path, format)?;
         let file_size = std::fs::metadata(path)?.len();
-        Ok(Disk::from_image(&path.display().to_string(), img, file_size))
+        let mut d = Disk::from_image(&path.display().to_string(), img, file_size);
+        d.path = Some(path.to_path_buf());
+        Ok(d)
     }
 
     /// Wraps an opened image.
     pub fn from_image(name: &str, img: Box<dyn Image>, file_size: u64) -> Disk {
+        let notes = img.notes();
         let header = img.header().iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
         Disk {
             size: img.virtual_size(),
@@ -101,6 +120,8 @@ impl Disk {
             img: Mutex::new(img),
             file_size,
             name: name.into(),
+            notes,
+            path: None,
         }
     }
 
@@ -154,8 +175,8 @@ pub fn layout(disk: &dyn ReadAt) -> io::Result<Layout> {
             .filter(|p| !matches!(p.type_id.as_str(), "5" | "f" | "85" | "ee") && p.sectors > 0)
             .map(|p| Part {
                 number: Some(p.number),
-                offset: p.start.saturating_mul(512),
-                size: p.sectors.saturating_mul(512),
+                offset: p.start.saturating_mul(t.sector_size),
+                size: p.sectors.saturating_mul(t.sector_size),
                 entry: Some(p.clone()),
             })
             .collect(),
@@ -193,7 +214,7 @@ fn table_json(t: &Table) -> Value {
     let mut v = json!({
         "type": t.kind.name(),
         "id": t.id(),
-        "sectorSize": 512,
+        "sectorSize": t.sector_size,
         "partitions": parts,
         "problems": t.problems,
     });
@@ -207,10 +228,18 @@ fn table_json(t: &Table) -> Value {
 fn fs_json(part: &Part, disk: &dyn ReadAt) -> Value {
     let w = part.window(disk);
     let mut v = json!({ "partition": part.number, "offset": part.offset, "type": null });
-    match fs::open(&w) {
-        Ok(None) => {}
-        Ok(Some(f)) => {
-            let i = f.info();
+    let info = match fs::open(&w) {
+        Ok(None) => other_fs::identify(&w),
+        Ok(Some(f)) => Some(f.info()),
+        Err(e) => {
+            v["type"] = json!(fs::probe(&w));
+            v["error"] = json!(e);
+            None
+        }
+    };
+    match info {
+        None => {}
+        Some(i) => {
             v = json!({
                 "partition": part.number,
                 "offset": part.offset,
@@ -226,14 +255,13 @@ fn fs_json(part: &Part, disk: &dyn ReadAt) -> Value {
                 "features": i.features,
                 "problems": i.problems,
             });
+            if let Some(c) = i.cluster_size {
+                v["clusterSize"] = json!(c);
+            }
             if let (Some(n), Some(f)) = (i.inodes, i.free_inodes) {
                 v["inodes"] = json!(n);
                 v["freeInodes"] = json!(f);
             }
-        }
-        Err(e) => {
-            v["type"] = json!(fs::probe(&w));
-            v["error"] = json!(e);
         }
     }
     v
@@ -250,6 +278,7 @@ pub fn inspect(disk: &Disk) -> io::Result<Value> {
             "virtualSize": disk.size(),
             "fileSize": disk.file_size,
             "header": disk.header,
+            "notes": disk.notes,
         },
         "partitionTable": l.table.as_ref().map(table_json),
         "filesystems": filesystems,
@@ -285,10 +314,23 @@ pub fn select(disk: &dyn ReadAt, spec: &str) -> Result<(Part, Vec<u8>), String> 
     };
     match found {
         Some((p, Some(_))) => Ok(((*p).clone(), path.into_bytes())),
-        Some((p, None)) => Err(format!("partition {} holds no filesystem this tool reads", p.number.unwrap_or(0))),
+        Some((p, None)) => Err(match other_fs::identify(&p.window(disk)) {
+            Some(i) => format!(
+                "{} holds a {} filesystem, whose files this tool does not read (it shows its type, label, UUID and size)",
+                p.number.map_or("the disk".to_string(), |n| format!("partition {n}")),
+                i.kind
+            ),
+            None => format!("partition {} holds no filesystem this tool reads", p.number.unwrap_or(0)),
+        }),
         None => Err(match which {
             Some(w) => format!("no partition or filesystem called '{w}' (use a partition number, GPT name or label)"),
-            None => "the image holds no filesystem this tool reads".into(),
+            None => match l.parts.iter().find_map(|p| other_fs::identify(&p.window(disk))) {
+                Some(i) => format!(
+                    "the image holds a {} filesystem, whose files this tool does not read (it shows its type, label, UUID and size)",
+                    i.kind
+                ),
+                None => "the image holds no filesystem this tool reads".into(),
+            },
         }),
     }
 }
@@ -358,6 +400,9 @@ pub fn render(v: &Value) -> String {
             h.iter().map(|f| format!("{}={}", f[0].as_str().unwrap_or(""), f[1].as_str().unwrap_or(""))).collect();
         let _ = writeln!(s, "  header: {}", fields.join(" "));
     }
+    for n in img["notes"].as_array().into_iter().flatten() {
+        let _ = writeln!(s, "  note: {}", n.as_str().unwrap_or(""));
+    }
     let fss = v["filesystems"].as_array().cloned().unwrap_or_default();
     let fs_line = |f: &Value| -> String {
         if let Some(e) = f["error"].as_str() {
@@ -375,6 +420,9 @@ pub fn render(v: &Value) -> String {
             human_bytes(f["used"].as_u64().unwrap_or(0)),
             human_bytes(f["size"].as_u64().unwrap_or(0))
         );
+        if let Some(c) = f["clusterSize"].as_u64() {
+            let _ = write!(l, "; {} clusters", human_bytes(c));
+        }
         if let Some(feat) = f["features"].as_array().filter(|a| !a.is_empty()) {
             let names: Vec<&str> = feat.iter().filter_map(Value::as_str).collect();
             let _ = write!(l, "; features: {}", names.join(" "));
@@ -404,13 +452,16 @@ pub fn render(v: &Value) -> String {
             {
                 let _ = write!(s, ", usable sectors {a}-{b}");
             }
+            if let Some(ss) = t.get("sectorSize").and_then(Value::as_u64).filter(|&ss| ss != 512) {
+                let _ = write!(s, ", {ss}-byte sectors");
+            }
             let _ = writeln!(s);
             for p in t["problems"].as_array().into_iter().flatten() {
                 let _ = writeln!(s, "  problem: {}", p.as_str().unwrap_or(""));
             }
             let _ = writeln!(s, "  {:>2} {:>12} {:>12} {:>10}  type", "#", "start", "sectors", "size");
             for p in t["partitions"].as_array().into_iter().flatten() {
-                let size = p["size"].as_u64().unwrap_or(0).saturating_mul(512);
+                let size = p["size"].as_u64().unwrap_or(0).saturating_mul(t["sectorSize"].as_u64().unwrap_or(512));
                 let mut extra = String::new();
                 if let Some(n) = p["name"].as_str().filter(|n| !n.is_empty()) {
                     let _ = write!(extra, " '{n}'");

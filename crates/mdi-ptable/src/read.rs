@@ -1,6 +1,12 @@
 //! Reading partition tables back (for `make-disk-image inspect` and `diff`): the MBR with
 //! its extended-partition chain, and the GPT (UEFI 2.10 §5.3) with both CRCs checked and the
-//! backup used when the primary is damaged. 512-byte sectors.
+//! backup used when the primary is damaged.
+//!
+//! Sector size: the MBR is read with 512-byte sectors. A GPT's header is at LBA 1, which
+//! is byte 512 on a disk with 512-byte logical sectors and byte 4096 on a 4Kn disk
+//! (UEFI 2.10 §5.3.1, "the GPT header is in LBA 1"); the first place with the "EFI PART"
+//! signature decides the sector size, reported in [`Table::sector_size`], and every LBA of
+//! the table (partitions included) counts sectors of that size.
 //!
 //! Nothing read is trusted: the entry array is capped at [`MAX_ARRAY`] bytes and at the
 //! disk size, the chain of extended boot records at [`MAX_LOGICAL`] links, every LBA sum
@@ -125,6 +131,8 @@ pub struct Table {
     pub partitions: Vec<Partition>,
     /// Damage found that did not stop the table from being read.
     pub problems: Vec<String>,
+    /// Logical sector size the LBAs count: 512, or 4096 for a GPT found at byte 4096.
+    pub sector_size: u64,
 }
 
 impl Table {
@@ -152,9 +160,9 @@ pub fn guid_from_disk(b: &[u8]) -> Uuid {
     Uuid([b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]])
 }
 
-fn read_sectors(disk: &dyn ReadAt, lba: u64, count: u64) -> io::Result<Vec<u8>> {
-    let len = count.checked_mul(SECTOR).filter(|&l| l <= MAX_ARRAY + SECTOR).ok_or_else(|| too_big(count))?;
-    let off = lba.checked_mul(SECTOR).ok_or_else(|| too_big(lba))?;
+fn read_sectors(disk: &dyn ReadAt, ss: u64, lba: u64, count: u64) -> io::Result<Vec<u8>> {
+    let len = count.checked_mul(ss).filter(|&l| l <= MAX_ARRAY + ss).ok_or_else(|| too_big(count))?;
+    let off = lba.checked_mul(ss).ok_or_else(|| too_big(lba))?;
     let mut b = vec![0u8; len as usize];
     disk.read_at(off, &mut b)?;
     Ok(b)
@@ -170,7 +178,7 @@ pub fn read(disk: &dyn ReadAt) -> io::Result<Option<Table>> {
     if disk.size() < SECTOR {
         return Ok(None);
     }
-    let s0 = read_sectors(disk, 0, 1)?;
+    let s0 = read_sectors(disk, SECTOR, 0, 1)?;
     if le16(&s0, 510) != 0xAA55 {
         return Ok(None);
     }
@@ -189,10 +197,11 @@ pub fn read(disk: &dyn ReadAt) -> io::Result<Option<Table>> {
         return Ok(None);
     }
     let mbr = MbrSector { signature: le32(&s0, 440), boot_code: s0[..440].to_vec(), entries };
-    let sectors = disk.size() / SECTOR;
     let mut problems = Vec::new();
     if mbr.entries.iter().any(|e| e.kind == 0xEE) {
-        if let Some((header, backup, parts)) = read_gpt(disk, sectors, &mut problems)? {
+        let ss = gpt_sector_size(disk)?;
+        let sectors = disk.size() / ss;
+        if let Some((header, backup, parts)) = read_gpt(disk, ss, sectors, &mut problems)? {
             if mbr.entries.len() > 1 {
                 problems.push("the MBR is a hybrid MBR (partitions besides the protective one)".into());
             }
@@ -203,10 +212,12 @@ pub fn read(disk: &dyn ReadAt) -> io::Result<Option<Table>> {
                 gpt_from_backup: backup,
                 partitions: parts,
                 problems,
+                sector_size: ss,
             }));
         }
         problems.push("the MBR has a GPT protective entry but neither GPT header is valid".into());
     }
+    let sectors = disk.size() / SECTOR;
     let mut parts = Vec::new();
     for e in &mbr.entries {
         check_extent(u64::from(e.start), u64::from(e.sectors), sectors, e.slot, &mut problems);
@@ -223,7 +234,30 @@ pub fn read(disk: &dyn ReadAt) -> io::Result<Option<Table>> {
     if let Some(ext) = mbr.entries.iter().find(|e| matches!(e.kind, 0x05 | 0x0F | 0x85)) {
         logical(disk, u64::from(ext.start), sectors, &mut parts, &mut problems)?;
     }
-    Ok(Some(Table { kind: Kind::Mbr, mbr, gpt: None, gpt_from_backup: false, partitions: parts, problems }))
+    Ok(Some(Table {
+        kind: Kind::Mbr,
+        mbr,
+        gpt: None,
+        gpt_from_backup: false,
+        partitions: parts,
+        problems,
+        sector_size: SECTOR,
+    }))
+}
+
+/// The logical sector size of a GPT disk: 4096 when LBA 1 of 4096-byte sectors holds the
+/// header and LBA 1 of 512-byte sectors does not, else 512.
+fn gpt_sector_size(disk: &dyn ReadAt) -> io::Result<u64> {
+    for ss in [SECTOR, 4096] {
+        if disk.size() >= 2 * ss {
+            let mut sig = [0u8; 8];
+            disk.read_at(ss, &mut sig)?;
+            if &sig == b"EFI PART" {
+                return Ok(ss);
+            }
+        }
+    }
+    Ok(SECTOR)
 }
 
 fn check_extent(start: u64, count: u64, sectors: u64, number: u32, problems: &mut Vec<String>) {
@@ -253,7 +287,7 @@ fn logical(
             problems.push(format!("extended boot record at sector {ebr} is past the end of the disk"));
             return Ok(());
         }
-        let b = read_sectors(disk, ebr, 1)?;
+        let b = read_sectors(disk, SECTOR, ebr, 1)?;
         if le16(&b, 510) != 0xAA55 {
             problems.push(format!("extended boot record at sector {ebr} has no 0x55AA signature"));
             return Ok(());
@@ -285,6 +319,7 @@ fn logical(
 /// when that CRC is right too.
 fn gpt_copy(
     disk: &dyn ReadAt,
+    ss: u64,
     lba: u64,
     sectors: u64,
     which: &str,
@@ -294,14 +329,14 @@ fn gpt_copy(
         problems.push(format!("the {which} GPT header's LBA {lba} is outside the disk"));
         return Ok(None);
     }
-    let h = read_sectors(disk, lba, 1)?;
+    let h = read_sectors(disk, ss, lba, 1)?;
     if &h[..8] != b"EFI PART" {
         problems.push(format!("no {which} GPT header at LBA {lba}"));
         return Ok(None);
     }
     let size = le32(&h, 12);
-    if !(92..=512).contains(&size) {
-        problems.push(format!("the {which} GPT header size {size} is not in 92..=512"));
+    if !(92..=ss as u32).contains(&size) {
+        problems.push(format!("the {which} GPT header size {size} is not in 92..={ss}"));
         return Ok(None);
     }
     let mut z = h[..size as usize].to_vec();
@@ -335,12 +370,12 @@ fn gpt_copy(
         problems.push(format!("the {which} GPT entry array of {bytes} bytes is too large"));
         return Ok(None);
     }
-    let end = bytes.div_ceil(SECTOR).checked_add(header.entries_lba).filter(|&e| e <= sectors);
+    let end = bytes.div_ceil(ss).checked_add(header.entries_lba).filter(|&e| e <= sectors);
     if header.entries_lba < 1 || end.is_none() {
         problems.push(format!("the {which} GPT entry array at LBA {} lies outside the disk", header.entries_lba));
         return Ok(None);
     }
-    let mut array = read_sectors(disk, header.entries_lba, bytes.div_ceil(SECTOR))?;
+    let mut array = read_sectors(disk, ss, header.entries_lba, bytes.div_ceil(ss))?;
     array.truncate(bytes as usize);
     if crc32fast::hash(&array) != header.entries_crc {
         problems.push(format!("the {which} GPT entry array's CRC is wrong"));
@@ -353,14 +388,15 @@ fn gpt_copy(
 /// partitions. None when neither copy is valid.
 fn read_gpt(
     disk: &dyn ReadAt,
+    ss: u64,
     sectors: u64,
     problems: &mut Vec<String>,
 ) -> io::Result<Option<(GptHeader, bool, Vec<Partition>)>> {
-    let primary = gpt_copy(disk, 1, sectors, "primary", problems)?;
+    let primary = gpt_copy(disk, ss, 1, sectors, "primary", problems)?;
     let alt = primary.as_ref().map_or(sectors.saturating_sub(1), |(h, _)| h.alternate_lba);
-    let mut backup = gpt_copy(disk, alt, sectors, "backup", problems)?;
+    let mut backup = gpt_copy(disk, ss, alt, sectors, "backup", problems)?;
     if backup.is_none() && alt != sectors.saturating_sub(1) {
-        backup = gpt_copy(disk, sectors.saturating_sub(1), sectors, "backup", problems)?;
+        backup = gpt_copy(disk, ss, sectors.saturating_sub(1), sectors, "backup", problems)?;
     }
     if let (Some((p, pa)), Some((b, ba))) = (&primary, &backup) {
         if p.disk_guid != b.disk_guid || pa != ba || p.first_usable != b.first_usable || p.last_usable != b.last_usable

@@ -3,7 +3,9 @@
 //!
 //! Every format maps the virtual disk in fixed-size units (qcow2 clusters, VDI, VHD and
 //! VHDX blocks, VMDK grains); a unit that is not allocated reads as zeros. [`open`] tells
-//! the format from its magic number and falls back to raw.
+//! the format from its magic number; a file without one is read as raw only when it
+//! starts like a disk (see [`detect`] for the exact rule), else it is an error naming the
+//! format or showing the magic. [`open_as`] with [`Format::Raw`] reads any file as raw.
 //!
 //! Nothing in an input file is trusted. Every offset and size read from it is checked
 //! against the file length with checked arithmetic, tables are capped (never larger than
@@ -12,6 +14,7 @@
 //! what is wrong, never a panic. Features a reader does not implement (backing files,
 //! encryption, logs to replay) are refused with an error that says so.
 
+pub mod detect;
 mod qcow2;
 mod raw;
 #[cfg(test)]
@@ -59,6 +62,19 @@ impl Format {
     }
 }
 
+impl Format {
+    /// Every format, in the order messages list them.
+    pub const ALL: [Format; 6] = [Format::Raw, Format::Qcow2, Format::Vdi, Format::Vpc, Format::Vmdk, Format::Vhdx];
+
+    /// The format called `name` (qemu-img's names; "vhd" too).
+    pub fn parse(name: &str) -> Option<Format> {
+        match name {
+            "vhd" => Some(Format::Vpc),
+            _ => Format::ALL.into_iter().find(|f| f.name() == name),
+        }
+    }
+}
+
 impl fmt::Display for Format {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -85,11 +101,54 @@ pub trait Image: Send {
     fn header(&self) -> &[(&'static str, String)] {
         &[]
     }
+    /// What the reader decided that the user should know (a size rounded to whole
+    /// sectors, a geometry preferred to a size field), as sentences naming the file.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
-/// Opens an image, telling its format by magic number; anything unrecognised is raw.
+/// QEMU counts a container's virtual disk in whole 512-byte sectors, rounding a size
+/// field down (`total_sectors = size / BDRV_SECTOR_SIZE` in block/qcow2.c, vdi.c, vpc.c):
+/// the readers do the same, so that a conversion equals qemu-img's. Returns the size to
+/// use and, when it was rounded, a note for [`Image::notes`].
+pub(crate) fn whole_sectors(src: &Src, field: &str, size: u64) -> (u64, Option<String>) {
+    let whole = size / 512 * 512;
+    let note = (whole != size).then(|| {
+        format!(
+            "{}: {field} is {size} bytes, not a whole number of 512-byte sectors: read as \
+             {whole} bytes, as qemu-img does",
+            src.name
+        )
+    });
+    (whole, note)
+}
+
+/// Opens an image, telling its format by magic number (see the module documentation for
+/// what is taken as raw).
 pub fn open(path: &Path) -> io::Result<Box<dyn Image>> {
     open_src(Src::open(path)?)
+}
+
+/// Opens an image as the user said: `Some(Format::Raw)` reads the file as a raw disk
+/// whatever it starts with; another format must be the one its magic says; None detects.
+pub fn open_as(path: &Path, format: Option<Format>) -> io::Result<Box<dyn Image>> {
+    let src = Src::open(path)?;
+    match format {
+        None => open_src(src),
+        Some(Format::Raw) => Ok(Box::new(raw::Raw::new(src))),
+        Some(want) => {
+            let name = src.name.clone();
+            let img = open_src(src)?;
+            if img.format() != want {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{name}: is a {} image, not {want} (drop --input-format to detect it)", img.format()),
+                ));
+            }
+            Ok(img)
+        }
+    }
 }
 
 /// Opens an image held by any positional reader (an image in memory, for tests and
@@ -124,6 +183,7 @@ fn open_src(src: Src) -> io::Result<Box<dyn Image>> {
              (only single-file sparse VMDKs can)",
         ))
     } else {
+        detect::check_raw(&src)?;
         Ok(Box::new(raw::Raw::new(src)))
     }
 }
@@ -155,6 +215,11 @@ impl Src {
             meta.len()
         };
         Ok(Src { data: Backing::File(file), len, name: path.display().to_string() })
+    }
+
+    /// The name used in messages.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// An `InvalidData` error about this file.

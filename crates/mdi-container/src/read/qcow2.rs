@@ -63,6 +63,7 @@ pub(crate) struct Qcow2 {
     l2: TableCache,
     last: LastUnit,
     header: Vec<(&'static str, String)>,
+    notes: Vec<String>,
 }
 
 /// The header fields (names as in QEMU's qcow2.rst) present in `h[..n]`.
@@ -105,6 +106,14 @@ impl Qcow2 {
             return Err(src.bad("qcow2 header is truncated"));
         }
         let version = be32(&h, 4);
+        if version == 1 {
+            // QEMU's original qcow format shares the magic (block/qcow.c QCOW_VERSION 1).
+            return Err(src.unsupported(format_args!(
+                "is a qcow version 1 image, which this tool does not read; convert reads {} \
+                 (qemu-img convert -O qcow2 turns it into one)",
+                super::detect::READABLE
+            )));
+        }
         if version != 2 && version != 3 {
             return Err(src.unsupported(format_args!("qcow2 version {version} is not supported")));
         }
@@ -119,7 +128,7 @@ impl Qcow2 {
         if !(9..=21).contains(&cluster_bits) {
             return Err(src.bad(format_args!("qcow2 cluster_bits {cluster_bits} is not in 9..=21")));
         }
-        let size = be64(&h, 24);
+        let (size, note) = super::whole_sectors(&src, "the qcow2 size field", be64(&h, 24));
         if be32(&h, 32) != 0 {
             return Err(src.unsupported("is encrypted, which is not supported"));
         }
@@ -186,6 +195,7 @@ impl Qcow2 {
             l2: TableCache::new(L2_CACHE),
             last: LastUnit::new(),
             header: header_fields(&h, n, v3),
+            notes: note.into_iter().collect(),
         })
     }
 
@@ -308,6 +318,10 @@ impl Image for Qcow2 {
 
     fn header(&self) -> &[(&'static str, String)] {
         &self.header
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
     }
 
     fn virtual_size(&self) -> u64 {

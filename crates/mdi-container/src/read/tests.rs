@@ -105,6 +105,8 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
         }
     }
     d[..16].copy_from_slice(b"start of disk!!!");
+    // A boot signature, so that the raw file is taken for a disk (read/detect.rs).
+    d[510..512].copy_from_slice(&[0x55, 0xAA]);
     for at in [32 * MIB + 12345, 64 * MIB + 777, len - 100] {
         if at + 64 <= len {
             d[at..at + 64].fill(0xC3);

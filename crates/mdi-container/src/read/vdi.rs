@@ -24,6 +24,7 @@ pub(crate) struct Vdi {
     stride: u64,
     map: Vec<u32>,
     header: Vec<(&'static str, String)>,
+    notes: Vec<String>,
 }
 
 /// Header fields (names as in VirtualBox's VDIHEADER1).
@@ -79,7 +80,7 @@ impl Vdi {
         }
         let map_off = u64::from(le32(&h, 0x154));
         let data_off = u64::from(le32(&h, 0x158));
-        let size = le64(&h, 0x170);
+        let (size, note) = super::whole_sectors(&src, "the VDI disk size", le64(&h, 0x170));
         let block = u64::from(le32(&h, 0x178));
         let extra = u64::from(le32(&h, 0x17C));
         let blocks = u64::from(le32(&h, 0x180));
@@ -92,7 +93,16 @@ impl Vdi {
         let raw = src.table(map_off, blocks * 4, "VDI block map")?;
         let map = raw.chunks_exact(4).map(|e| le32(e, 0)).collect();
         let data = data_off.checked_add(extra).ok_or_else(|| src.bad("VDI data offset overflows"))?;
-        Ok(Vdi { src, size, block, data, stride: block + extra, map, header: header_fields(&h) })
+        Ok(Vdi {
+            src,
+            size,
+            block,
+            data,
+            stride: block + extra,
+            map,
+            header: header_fields(&h),
+            notes: note.into_iter().collect(),
+        })
     }
 
     fn entry(&self, k: u64) -> io::Result<Option<u64>> {
@@ -117,6 +127,10 @@ impl Image for Vdi {
 
     fn header(&self) -> &[(&'static str, String)] {
         &self.header
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
     }
 
     fn virtual_size(&self) -> u64 {

@@ -2,7 +2,8 @@
 //! is big-endian.
 //!
 //! A 512-byte footer ends the file (cookie "conectix"; dynamic disks also keep a copy at
-//! offset 0). The virtual size is the footer's "current size". A fixed disk (type 2) is the
+//! offset 0). The virtual size is the footer's "current size", except for disks made by
+//! Virtual PC (see [`virtual_size`]). A fixed disk (type 2) is the
 //! virtual disk followed by the footer. A dynamic disk (type 3) has a dynamic header
 //! (cookie "cxsparse") at the footer's data offset, with the block allocation table (BAT)
 //! offset, entry count and block size (2 MiB by default). A BAT entry is the sector at
@@ -23,6 +24,44 @@ pub(crate) struct Vhd {
     /// None for a fixed disk.
     dynamic: Option<Dynamic>,
     header: Vec<(&'static str, String)>,
+    notes: Vec<String>,
+}
+
+/// The largest geometry of the VHD specification's CHS algorithm (appendix "CHS
+/// Calculation"): 65535 cylinders, 16 heads, 255 sectors per track.
+const MAX_GEOMETRY: u64 = 65535 * 16 * 255;
+
+/// The size of the virtual disk, as QEMU (10) decides it in block/vpc.c: Virtual PC
+/// ("vpc ") and old QEMU ("qemu") sized their disks by the CHS geometry and wrote a larger
+/// current size, so for them the disk is cylinders × heads × sectors × 512 bytes, unless
+/// the geometry is the largest one (the disk did not fit in it and the size field is the
+/// only truth). Every other creator (Hyper-V "win ", "qem2", Disk2vhd, Xen, Azure, us)
+/// means the current size. Returns the size and a note when the geometry was used.
+fn virtual_size(src: &Src, f: &[u8]) -> (u64, Vec<String>) {
+    let current = be64(f, 48);
+    let chs = u64::from(u16::from_be_bytes([f[56], f[57]])) * u64::from(f[58]) * u64::from(f[59]);
+    let creator = &f[28..32];
+    let mut notes = Vec::new();
+    let size = if (creator == b"vpc " || creator == b"qemu") && chs != MAX_GEOMETRY {
+        let size = chs * 512;
+        if size != current {
+            notes.push(format!(
+                "{}: made by \"{}\", which sizes a disk by its CHS geometry: virtual size {size} bytes \
+                 ({}/{}/{}), not the current size field ({current} bytes), as qemu-img does",
+                src.name(),
+                String::from_utf8_lossy(creator),
+                u16::from_be_bytes([f[56], f[57]]),
+                f[58],
+                f[59]
+            ));
+        }
+        size
+    } else {
+        current
+    };
+    let (size, note) = super::whole_sectors(src, "the VHD current size", size);
+    notes.extend(note);
+    (size, notes)
 }
 
 /// Footer fields (names as in the VHD specification).
@@ -86,13 +125,13 @@ impl Vhd {
         if !f.starts_with(b"conectix") {
             return Err(src.bad("VHD footer not found"));
         }
-        let size = be64(&f, 48);
+        let (size, notes) = virtual_size(&src, &f);
         match be32(&f, 60) {
             2 => {
                 if size > src.len - 512 {
                     return Err(src.bad(format_args!("fixed VHD of {size} bytes is larger than its file")));
                 }
-                Ok(Vhd { src, size, dynamic: None, header: footer_fields(&f) })
+                Ok(Vhd { src, size, dynamic: None, header: footer_fields(&f), notes })
             }
             3 => {
                 let dyn_off = be64(&f, 16);
@@ -123,6 +162,7 @@ impl Vhd {
                     size,
                     dynamic: Some(Dynamic { block, bitmap: (block / 512).div_ceil(8).next_multiple_of(512), bat }),
                     header,
+                    notes,
                 })
             }
             4 => Err(src.unsupported("is a differencing VHD with a parent; convert needs a self-contained image")),
@@ -148,6 +188,10 @@ impl Image for Vhd {
 
     fn header(&self) -> &[(&'static str, String)] {
         &self.header
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
     }
 
     fn virtual_size(&self) -> u64 {

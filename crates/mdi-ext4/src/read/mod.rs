@@ -4,9 +4,10 @@
 //! Read: the superblock, group descriptors (including meta_bg), inodes of any size,
 //! extent trees and ext2/3 block maps, linear and hash-indexed directories (the index is
 //! not needed: its blocks read as empty directory blocks), fast and slow symlinks, device
-//! numbers, and extended attributes in the inode and in an attribute block. Not read:
-//! inline data and attribute values kept in inodes (ea_inode); those give an
-//! [`Error::Unsupported`] for that one file. The journal is not replayed.
+//! numbers, extended attributes in the inode and in an attribute block, and inline data
+//! (files, symlinks and directories kept in i_block and "system.data"). Not read:
+//! attribute values kept in inodes (ea_inode), which give an [`Error::Unsupported`] for
+//! that one file. The journal is not replayed.
 //!
 //! A hostile image cannot make the reader loop or allocate without bound: extent trees are
 //! at most five levels deep and must be strictly ordered, a file maps at most as many
@@ -260,7 +261,7 @@ impl<'a> Fs<'a> {
     /// Every group descriptor's bytes, in group order.
     fn read_gdt(&self, groups: u64, bytes: u64) -> Result<Vec<u8>, Error> {
         let bs = self.sb.block_size;
-        let first = self.sb.first_data_block + 1;
+        let first = self.sb.first_data_block + 1 + self.group_zero_adjust();
         let mut raw = vec![0u8; bytes as usize];
         if self.sb.incompat & superblock::INCOMPAT_META_BG == 0 {
             self.read_block_bytes(first, 0, &mut raw)?;
@@ -276,14 +277,23 @@ impl<'a> Fs<'a> {
         let mut g = classic;
         while g < groups {
             let mg_first = g / per_block * per_block;
-            let block =
-                self.sb.first_data_block + mg_first * self.sb.blocks_per_group + u64::from(self.sb.has_super(mg_first));
+            let block = self.sb.first_data_block
+                + mg_first * self.sb.blocks_per_group
+                + u64::from(self.sb.has_super(mg_first))
+                + if mg_first == 0 { self.group_zero_adjust() } else { 0 };
             let at = (g * self.sb.desc_size) as usize;
             let n = (per_block.min(groups - g) * self.sb.desc_size) as usize;
             self.read_block_bytes(block, 0, &mut raw[at..at + n])?;
             g += per_block;
         }
         Ok(raw)
+    }
+
+    /// Bigalloc with 1 KiB blocks has s_first_data_block 0 but keeps the superblock at byte
+    /// 1024, that is block 1: group 0's superblock and descriptors sit one block later than
+    /// s_first_data_block says (e2fsprogs lib/ext2fs/openfs.c, "group_zero_adjust").
+    fn group_zero_adjust(&self) -> u64 {
+        u64::from(self.sb.block_size == 1024 && self.sb.first_data_block == 0)
     }
 
     /// The device size in blocks, capped by the filesystem's: the most blocks any one
@@ -549,7 +559,20 @@ impl<'a> Fs<'a> {
     /// (they read as zeros).
     pub fn read_data(&self, inode: &Inode, map: &Map, visit: &mut Visit<'_>) -> Result<(), Error> {
         if inode.flags & FL_INLINE_DATA != 0 {
-            return Err(Error::Unsupported(format!("inode {} keeps its data inline (inline_data)", inode.ino)));
+            let data = self.inline_data(inode)?;
+            let n = usize::try_from(inode.size).unwrap_or(usize::MAX);
+            if n > data.len() {
+                return Err(Error::corrupt(format!(
+                    "inode {} keeps its data inline but holds {} of its {} bytes",
+                    inode.ino,
+                    data.len(),
+                    inode.size
+                )));
+            }
+            if n > 0 {
+                visit(0, &data[..n])?;
+            }
+            return Ok(());
         }
         let bs = self.sb.block_size;
         let mut buf = Vec::new();
@@ -572,6 +595,21 @@ impl<'a> Fs<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The bytes of an inline-data inode (ext4 on-disk layout, "Inline Data"): the 60 bytes
+    /// of i_block, then the value of the in-inode attribute "system.data" (possibly empty).
+    fn inline_data(&self, inode: &Inode) -> Result<Vec<u8>, Error> {
+        let mut data = inode.i_block.to_vec();
+        let area = &inode.xattr_area;
+        if area.len() >= 4 && le32(area, 0) == xattr::MAGIC {
+            let mut attrs = Vec::new();
+            xattr::parse(&area[4..], 0, inode.ino, &mut attrs)?;
+            if let Some((_, v)) = attrs.into_iter().find(|(k, _)| k == b"system.data") {
+                data.extend_from_slice(&v);
+            }
+        }
+        Ok(data)
     }
 
     /// Reads a whole file into memory, refusing files larger than `max` bytes.
@@ -610,12 +648,21 @@ impl<'a> Fs<'a> {
         if !inode.is_dir() {
             return Err(Error::corrupt(format!("inode {ino} is not a directory")));
         }
+        let filetype = self.sb.incompat & superblock::INCOMPAT_FILETYPE != 0;
         if inode.flags & FL_INLINE_DATA != 0 {
-            return Err(Error::Unsupported(format!("directory inode {ino} keeps its entries inline (inline_data)")));
+            // An inline directory: i_block holds the parent's inode number (4 bytes) and
+            // entries in the other 56; "system.data" holds more entries. Each region is
+            // parsed like a block whose last record reaches its end.
+            let data = self.inline_data(inode)?;
+            let mut out = Vec::new();
+            for (what, region) in [("i_block", &data[4..60]), ("system.data", &data[60..])] {
+                parse_dir_block(region, filetype, self.sb.inodes_count, &mut out)
+                    .map_err(|m| Error::corrupt(format!("inline directory inode {ino}, {what}: {m}")))?;
+            }
+            return Ok(out);
         }
         let map = self.map(inode)?;
         let bs = self.sb.block_size as usize;
-        let filetype = self.sb.incompat & superblock::INCOMPAT_FILETYPE != 0;
         let mut out = Vec::new();
         let mut data = Vec::new();
         self.read_data(inode, &map, &mut |off, chunk| {
@@ -652,6 +699,11 @@ impl<'a> Fs<'a> {
             }
             xattr::parse(&b, 32, inode.ino, &mut out)?;
         }
+        // "system.data" holds an inline-data inode's bytes, not an attribute (the kernel
+        // does not list it either).
+        if inode.flags & FL_INLINE_DATA != 0 {
+            out.retain(|(k, _)| k != b"system.data");
+        }
         Ok(out)
     }
 
@@ -681,7 +733,9 @@ impl<'a> Fs<'a> {
         let itable = (u64::from(self.sb.inodes_per_group) * self.sb.inode_size).div_ceil(bs);
         for (g, d) in self.gdt.iter().enumerate() {
             let g = g as u64;
-            let first = self.sb.first_data_block + g * self.sb.blocks_per_group;
+            let first = self.sb.first_data_block
+                + g * self.sb.blocks_per_group
+                + if g == 0 { self.group_zero_adjust() } else { 0 };
             if self.sb.has_super(g) {
                 v.push((first, 1, format!("superblock (group {g})")));
                 if self.sb.incompat & superblock::INCOMPAT_META_BG == 0 {

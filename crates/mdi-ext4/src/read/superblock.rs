@@ -13,6 +13,10 @@ pub(crate) const INCOMPAT_64BIT: u32 = 0x80;
 pub(crate) const INCOMPAT_CSUM_SEED: u32 = 0x2000;
 pub(crate) const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
 pub(crate) const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+/// RO_COMPAT_BIGALLOC (kernel Documentation/filesystems/ext4/super.rst): blocks are
+/// allocated in clusters of 2^s_log_cluster_size KiB; bitmaps and group sizes count
+/// clusters, extents still count blocks.
+pub(crate) const RO_COMPAT_BIGALLOC: u32 = 0x200;
 /// Incompatible features this reader can read: filetype, needs_recovery (the journal is
 /// not replayed: said in the problems), meta_bg, extent, 64bit, mmp, flex_bg, ea_inode
 /// (such values are refused one by one), csum_seed, large_dir, inline_data (refused per
@@ -75,6 +79,11 @@ const RO_COMPAT_NAMES: &[(u32, &str)] = &[
 pub struct Superblock {
     /// Block size in bytes (1 KiB to 64 KiB).
     pub block_size: u64,
+    /// Allocation cluster in bytes: the block size, or with bigalloc 1024 <<
+    /// s_log_cluster_size.
+    pub cluster_size: u64,
+    /// s_clusters_per_group (with bigalloc; else equal to s_blocks_per_group).
+    pub clusters_per_group: u64,
     /// s_blocks_count.
     pub blocks_count: u64,
     /// s_free_blocks_count.
@@ -148,8 +157,19 @@ impl Superblock {
         let rev = le32(b, 0x4C);
         let inode_size = if rev == 0 { 128 } else { u64::from(le16(b, 0x58)) };
         let desc_size = if is64 { u64::from(le16(b, 0xFE)) } else { 32 };
+        let ro_compat = le32(b, 0x64);
+        let bigalloc = ro_compat & RO_COMPAT_BIGALLOC != 0;
+        let log_cluster = le32(b, 0x1C);
+        if bigalloc && !(log..=log + 16).contains(&log_cluster) {
+            return Err(Error::corrupt(format!(
+                "s_log_cluster_size {log_cluster} is not in {log}..={} (clusters of 1 to 65536 blocks)",
+                log + 16
+            )));
+        }
         let sb = Superblock {
             block_size,
+            cluster_size: if bigalloc { 1024u64 << log_cluster } else { block_size },
+            clusters_per_group: if bigalloc { u64::from(le32(b, 0x24)) } else { u64::from(le32(b, 0x20)) },
             blocks_count: hi(u64::from(le32(b, 0x04)), 0x150),
             free_blocks: hi(u64::from(le32(b, 0x0C)), 0x158),
             reserved_blocks: hi(u64::from(le32(b, 0x08)), 0x154),
@@ -191,11 +211,19 @@ impl Superblock {
             )));
         }
         let bs = self.block_size;
-        if self.blocks_per_group == 0 || self.blocks_per_group > 8 * bs {
+        // One bitmap block maps a group: 8 × block size clusters (blocks without bigalloc).
+        if self.clusters_per_group == 0 || self.clusters_per_group > 8 * bs {
             return Err(Error::corrupt(format!(
-                "s_blocks_per_group {} is not in 1..={}",
-                self.blocks_per_group,
+                "s_clusters_per_group {} is not in 1..={}",
+                self.clusters_per_group,
                 8 * bs
+            )));
+        }
+        let ratio = self.cluster_size / bs;
+        if self.blocks_per_group != self.clusters_per_group * ratio {
+            return Err(Error::corrupt(format!(
+                "s_blocks_per_group {} is not s_clusters_per_group {} × {ratio} blocks per cluster",
+                self.blocks_per_group, self.clusters_per_group
             )));
         }
         if self.inodes_per_group == 0 || u64::from(self.inodes_per_group) > 8 * bs {
