@@ -197,9 +197,40 @@ fn nixos_version(spec: &Spec, toplevel: &str) -> Option<String> {
     std::fs::read_to_string(f).ok().map(|v| v.trim_end_matches('\n').to_string())
 }
 
+/// `path` with each part that exists spelled as in the tree, matched ignoring ASCII case:
+/// on FAT, `install -D` into `efi/memtest86/` lands in the `EFI` folder bootctl made.
+fn fat_spelling(tree: &Tree, path: &str) -> String {
+    let mut cur = tree.lookup(b"/");
+    let mut out = String::new();
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        let found = cur.and_then(|d| {
+            tree.children(d).iter().copied().find(|&k| tree.get(k).name.eq_ignore_ascii_case(c.as_bytes()))
+        });
+        out.push('/');
+        match found {
+            Some(k) => out.push_str(&String::from_utf8_lossy(&tree.get(k).name)),
+            None => out.push_str(c),
+        }
+        cur = found;
+    }
+    out
+}
+
 /// Adds a file an extraFiles/extraEntries option asks for, refusing to replace one the
-/// installer wrote itself.
-fn put_extra(tree: &mut Tree, path: &str, data: FileData, size: u64, mode: u16, time: i64, key: &str) -> Result<()> {
+/// installer wrote itself. On a FAT filesystem (`fat`) names match ignoring case.
+#[allow(clippy::too_many_arguments)] // the file, where, and what asked for it
+fn put_extra(
+    tree: &mut Tree,
+    path: &str,
+    data: FileData,
+    size: u64,
+    mode: u16,
+    time: i64,
+    key: &str,
+    fat: bool,
+) -> Result<()> {
+    let path = if fat { fat_spelling(tree, path) } else { path.to_string() };
+    let path = path.as_str();
     if tree.lookup(path.as_bytes()).is_some() {
         bail!("{key} would replace '{path}', which the boot loader installation writes itself; choose another name");
     }
@@ -218,13 +249,15 @@ fn put_extra_files(
     files: &std::collections::BTreeMap<String, PathBuf>,
     time: i64,
     key: &str,
+    fat: bool,
 ) -> Result<()> {
     for (name, src) in files {
-        let md = std::fs::metadata(src).with_context(|| format!("{key} '{name}': '{}' cannot be read", src.display()))?;
+        let md =
+            std::fs::metadata(src).with_context(|| format!("{key} '{name}': '{}' cannot be read", src.display()))?;
         if !md.is_file() {
             bail!("{key} '{name}': '{}' is not a file (NixOS' installer copies files with install -D)", src.display());
         }
-        put_extra(tree, &format!("{dir}/{name}"), FileData::Path(src.clone()), md.len(), 0o755, time, key)?;
+        put_extra(tree, &format!("{dir}/{name}"), FileData::Path(src.clone()), md.len(), 0o755, time, key, fat)?;
     }
     Ok(())
 }
@@ -290,17 +323,27 @@ pub fn install(
             let o = &spec.systemd_boot_options;
             let empty = || FileData::Inline(Arc::from(Vec::new()));
             let key = "systemdBootOptions.extraFiles";
-            put_extra_files(tree, boot, &o.extra_files, time, key)?;
+            put_extra_files(tree, boot, &o.extra_files, time, key, true)?;
             for name in o.extra_files.keys() {
-                put_extra(tree, &format!("{boot}/EFI/nixos/.extra-files/{name}"), empty(), 0, 0o755, time, key)?;
+                let marker = format!("{boot}/EFI/nixos/.extra-files/{name}");
+                put_extra(tree, &marker, empty(), 0, 0o755, time, key, true)?;
             }
             let key = "systemdBootOptions.extraEntries";
             for (name, text) in &o.extra_entries {
                 let bytes: Arc<[u8]> = text.clone().into_bytes().into();
                 let size = bytes.len() as u64;
-                put_extra(tree, &format!("{boot}/loader/entries/{name}"), FileData::Inline(bytes), size, 0o644, time, key)?;
+                put_extra(
+                    tree,
+                    &format!("{boot}/loader/entries/{name}"),
+                    FileData::Inline(bytes),
+                    size,
+                    0o644,
+                    time,
+                    key,
+                    true,
+                )?;
                 let marker = format!("{boot}/EFI/nixos/.extra-files/loader/entries/{name}");
-                put_extra(tree, &marker, empty(), 0, 0o755, time, key)?;
+                put_extra(tree, &marker, empty(), 0, 0o755, time, key, true)?;
             }
             put_text(tree, &format!("{esp}/loader/loader.conf"), sd_loader_conf(spec), time)?;
             Ok(Installed {
@@ -473,7 +516,8 @@ fn install_grub(
     // extraFiles: grub.nix copies them (its extraPrepareConfig, `install -Dp`) to
     // efiSysMountPoint: the ESP, or /boot on layouts without one.
     let files_dir = esp.map(|(m, _)| m).unwrap_or("/boot");
-    put_extra_files(tree, files_dir, &o.extra_files, time, "grubOptions.extraFiles")?;
+    let on_fat = esp.is_some() || boot_fat.is_some();
+    put_extra_files(tree, files_dir, &o.extra_files, time, "grubOptions.extraFiles", on_fat)?;
     // Neither platform (partitionTableType none, or devices = [ "nodev" ] without
     // efiSupport): only the menu, as NixOS' GRUB module writes it (a VM booting the kernel
     // directly, or a disk another loader chains into).

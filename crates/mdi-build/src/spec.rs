@@ -334,7 +334,9 @@ fn check_rel_name(key: &str, name: &str) -> Result<(), SpecError> {
     if name.is_empty() || name.starts_with('/') || name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
         return Err(SpecError::BadValue {
             key: key.into(),
-            what: format!("'{name}' is not a relative path (like efi/memtest86/memtest.efi) without '.', '..' or empty parts"),
+            what: format!(
+                "'{name}' is not a relative path (like efi/memtest86/memtest.efi) without '.', '..' or empty parts"
+            ),
         });
     }
     Ok(())
