@@ -771,6 +771,36 @@ mod tests {
     }
 
     #[test]
+    fn boot_loader_options() {
+        let spec = |j: serde_json::Value| from_map(j.as_object().unwrap().clone());
+        let s = spec(serde_json::json!({})).unwrap();
+        assert_eq!(s.grub_options, GrubOptions::default());
+        assert_eq!((s.grub_options.default.as_str(), s.grub_options.efi_install_as_removable), ("0", true));
+        assert!(s.systemd_boot_options.editor && s.can_touch_efi_variables);
+        assert_eq!(s.extlinux_options.configuration_limit, 20);
+        assert_eq!(spec(serde_json::json!({"bootTimeout": -1})).unwrap().boot_timeout, Some(-1));
+        for (bad, key) in [
+            (serde_json::json!({"bootTimeout": -2}), "bootTimeout"),
+            (serde_json::json!({"grubOptions": {"default": "saved"}}), "grubOptions.default"),
+            (serde_json::json!({"grubOptions": {"timeoutStyle": "loud"}}), "grubOptions.timeoutStyle"),
+            (serde_json::json!({"grubOptions": {"bootloaderId": "a/b"}}), "grubOptions.bootloaderId"),
+            (serde_json::json!({"grubOptions": {"extraFiles": {"../x": "/y"}}}), "grubOptions.extraFiles"),
+            (serde_json::json!({"systemdBootOptions": {"consoleMode": "big"}}), "systemdBootOptions.consoleMode"),
+            (
+                serde_json::json!({"systemdBootOptions": {"extraEntries": {"a/b.conf": ""}}}),
+                "systemdBootOptions.extraEntries",
+            ),
+        ] {
+            match spec(bad.clone()) {
+                Err(SpecError::BadValue { key: k, .. }) => assert_eq!(k, key, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // Unknown option names are errors, not dropped.
+        assert!(spec(serde_json::json!({"grubOptions": {"theme": "/x"}})).is_err());
+    }
+
+    #[test]
     fn unknown_key_suggests() {
         let mut m = Map::new();
         m.insert("diskSise".into(), Value::String("auto".into()));
