@@ -39,9 +39,9 @@ fn build_image(sys: &Path, dir: &Path, extra: &[&str]) -> (PathBuf, String) {
     let out = dir.join("out");
     let mut args = vec![
         os("--closure-info"),
-        sys.join("closure-info").into_os_string().leak() as &std::ffi::OsStr,
+        Box::leak(sys.join("closure-info").into_os_string().into_boxed_os_str()) as &std::ffi::OsStr,
         os("--store-root"),
-        sys.join("root").into_os_string().leak(),
+        Box::leak(sys.join("root").into_os_string().into_boxed_os_str()),
         os("--system"),
         os(toplevel.trim()),
         os("--boot-timeout"),
@@ -49,7 +49,7 @@ fn build_image(sys: &Path, dir: &Path, extra: &[&str]) -> (PathBuf, String) {
         os("--contents"),
         os(contents.leak()),
         os("-o"),
-        out.clone().into_os_string().leak(),
+        Box::leak(out.clone().into_os_string().into_boxed_os_str()),
     ];
     args.extend(extra.iter().map(|a| os(a)));
     build(&args);
