@@ -11,8 +11,10 @@
 #
 # From `lib` only assertMsg, assertOneOf (so the assertion messages are nixpkgs' own) and
 # cleanSource (the channel) are used; from `pkgs` only runCommand, closureInfo, path
-# (channel), OVMF (touchEFIVars), grub2 (GRUB), stdenv.hostPlatform.efiArch and
-# buildPackages.callPackage (the default makeDiskImage).
+# (channel), OVMF (touchEFIVars), grub2 (GRUB), stdenv.hostPlatform.efiArch, postVM's tools
+# where pkgs has them, and buildPackages.callPackage or make-disk-image (the default
+# makeDiskImage). Every boot.loader option is passed on or refused by name:
+# docs/boot-loader-options.md.
 args@{
   pkgs,
   lib,
@@ -350,6 +352,9 @@ let
     else
       refuse r.opt r.why;
   str = toString;
+  # An option of type path, as NixOS' modules interpolate it: a local path is copied to the
+  # store (the build reads only the store).
+  storePathOf = v: "${v}";
   # extraPrepareConfig is refused unless all it holds is grub.nix's copying of extraFiles
   # (each line names a source and a target of extraFiles: the module's own, in any of its
   # versions' spellings), which extraFiles does natively.
@@ -358,9 +363,10 @@ let
     builtins.any (
       n:
       let
-        src = str grub.extraFiles.${n};
+        # grub.nix names it by toString (escapeShellArg) or, in older versions, "${v}".
+        has = src: builtins.replaceStrings [ src ] [ "" ] line != line;
       in
-      builtins.replaceStrings [ src ] [ "" ] line != line
+      has (str grub.extraFiles.${n}) || has (storePathOf grub.extraFiles.${n})
     ) (builtins.attrNames grub.extraFiles);
   prepareLines = builtins.filter (l: builtins.isString l && builtins.match "[[:space:]]*" l == null) (
     builtins.split "\n" grub.extraPrepareConfig
@@ -536,7 +542,7 @@ let
         systemdBoot = "${config.systemd.package}/lib/systemd/boot/efi/systemd-boot${efiArch}.efi";
         systemdBootOptions = {
           inherit (sdBoot) editor consoleMode rebootForBitlocker extraEntries;
-          extraFiles = builtins.mapAttrs (_: str) sdBoot.extraFiles;
+          extraFiles = builtins.mapAttrs (_: storePathOf) sdBoot.extraFiles;
         };
       }
     else if enabled "grub" then
@@ -558,7 +564,7 @@ let
             default = str grub.default;
             entryOptions = if grub.entryOptions == null then "" else grub.entryOptions;
             subEntryOptions = if grub.subEntryOptions == null then "" else grub.subEntryOptions;
-            extraFiles = builtins.mapAttrs (_: str) grub.extraFiles;
+            extraFiles = builtins.mapAttrs (_: storePathOf) grub.extraFiles;
             efiSupport = grubEfiWanted;
             nodev = !grubBios;
             bootloaderId = grubBootloaderId;
