@@ -242,8 +242,10 @@ fn put_extra(
     Ok(())
 }
 
-/// Copies extraFiles (name → source) under `dir`, as `install -Dp` does (mode 0755).
+/// Copies extraFiles (name → source) under `dir`, as `install -Dp` does (mode 0755). A
+/// store path is read under the spec's store root, like the bootspec's files.
 fn put_extra_files(
+    spec: &Spec,
     tree: &mut Tree,
     dir: &str,
     files: &std::collections::BTreeMap<String, PathBuf>,
@@ -252,6 +254,12 @@ fn put_extra_files(
     fat: bool,
 ) -> Result<()> {
     for (name, src) in files {
+        let src = &match src.to_str() {
+            Some(p) if mdi_nix::is_store_path(p.split('/').take(4).collect::<Vec<_>>().join("/").as_str()) => {
+                store_file(spec, p)
+            }
+            _ => src.clone(),
+        };
         let md =
             std::fs::metadata(src).with_context(|| format!("{key} '{name}': '{}' cannot be read", src.display()))?;
         if !md.is_file() {
@@ -323,7 +331,7 @@ pub fn install(
             let o = &spec.systemd_boot_options;
             let empty = || FileData::Inline(Arc::from(Vec::new()));
             let key = "systemdBootOptions.extraFiles";
-            put_extra_files(tree, boot, &o.extra_files, time, key, true)?;
+            put_extra_files(spec, tree, boot, &o.extra_files, time, key, true)?;
             for name in o.extra_files.keys() {
                 let marker = format!("{boot}/EFI/nixos/.extra-files/{name}");
                 put_extra(tree, &marker, empty(), 0, 0o755, time, key, true)?;
@@ -517,7 +525,7 @@ fn install_grub(
     // efiSysMountPoint: the ESP, or /boot on layouts without one.
     let files_dir = esp.map(|(m, _)| m).unwrap_or("/boot");
     let on_fat = esp.is_some() || boot_fat.is_some();
-    put_extra_files(tree, files_dir, &o.extra_files, time, "grubOptions.extraFiles", on_fat)?;
+    put_extra_files(spec, tree, files_dir, &o.extra_files, time, "grubOptions.extraFiles", on_fat)?;
     // Neither platform (partitionTableType none, or devices = [ "nodev" ] without
     // efiSupport): only the menu, as NixOS' GRUB module writes it (a VM booting the kernel
     // directly, or a disk another loader chains into).
