@@ -208,7 +208,7 @@ pub struct GrubOptions {
     pub extra_entries: String,
     #[serde(default, rename = "extraEntriesBeforeNixOS")]
     pub extra_entries_before_nixos: bool,
-    /// Lines at the start of each NixOS entry.
+    /// Lines at the start of each NixOS entry (after its search line).
     #[serde(default)]
     pub extra_per_entry_config: String,
     /// `set default=` (an index or an entry title); "saved" is refused.
