@@ -227,6 +227,11 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
                 }
             }
         }
+        for key in ["grubOptions", "systemdBootOptions"] {
+            if let Some(Value::Object(files)) = spec.get_mut(key).and_then(|o| o.get_mut("extraFiles")) {
+                files.values_mut().for_each(rel);
+            }
+        }
     }
     for (k, v) in flags {
         spec.insert(k, v);

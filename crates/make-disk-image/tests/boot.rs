@@ -39,9 +39,9 @@ fn build_image(sys: &Path, dir: &Path, extra: &[&str]) -> (PathBuf, String) {
     let out = dir.join("out");
     let mut args = vec![
         os("--closure-info"),
-        sys.join("closure-info").into_os_string().leak() as &std::ffi::OsStr,
+        Box::leak(sys.join("closure-info").into_os_string().into_boxed_os_str()) as &std::ffi::OsStr,
         os("--store-root"),
-        sys.join("root").into_os_string().leak(),
+        Box::leak(sys.join("root").into_os_string().into_boxed_os_str()),
         os("--system"),
         os(toplevel.trim()),
         os("--boot-timeout"),
@@ -49,7 +49,7 @@ fn build_image(sys: &Path, dir: &Path, extra: &[&str]) -> (PathBuf, String) {
         os("--contents"),
         os(contents.leak()),
         os("-o"),
-        out.clone().into_os_string().leak(),
+        Box::leak(out.clone().into_os_string().into_boxed_os_str()),
     ];
     args.extend(extra.iter().map(|a| os(a)));
     build(&args);
@@ -313,7 +313,12 @@ fn grub_menu_has_the_specialisations() {
         cfg.contains("-nixos-system-boot-test-alt/init console=ttyS0 panic=-1 loglevel=4 mdi.specialisation=alt"),
         "{cfg}"
     );
-    assert_eq!(cfg.matches("menuentry").count(), 2, "{cfg}");
+    // The top level: the default entry and the specialisation; then install-grub.pl's
+    // "All configurations" submenu, empty: it skips a generation without nixos-version,
+    // which this test system lacks (tests/nix_function.rs checks a generation in it).
+    let (top, all) = cfg.split_once("submenu \"NixOS - All configurations\"").expect("the submenu");
+    assert_eq!(top.matches("menuentry").count(), 2, "{cfg}");
+    assert_eq!(all, " --class submenu {\n}\n", "{cfg}");
 }
 
 #[test]
@@ -404,4 +409,38 @@ fn grub_force_i686_hybrid() {
     assert!(!String::from_utf8_lossy(&o.stdout).contains("X64"), "a BOOTX64.EFI beside BOOTIA32.EFI");
     let log = boot(&img, "raw", Firmware::Bios, &marker);
     check_cmdline(&log, sys);
+}
+
+/// Issue 16: an entry of GRUB's extraEntries, chosen by `default` (boot.loader.grub.default
+/// = 2: NixOS' entries come first, 0 the system and 1 its specialisation, the extra
+/// entries after them as install-grub.pl writes them), boots: the kernel command line
+/// carries the extra entry's own parameter.
+#[test]
+fn grub_extra_entry_chosen_by_default_boots() {
+    let Some(sys) = system() else { return };
+    let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap();
+    let boot_json = sys.join("root").join(toplevel.trim().trim_start_matches('/')).join("boot.json");
+    let spec: serde_json::Value = serde_json::from_slice(&fs::read(&boot_json).unwrap()).unwrap();
+    let v1 = &spec["org.nixos.bootspec.v1"];
+    let params: Vec<&str> = v1["kernelParams"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    // $drive1 is the filesystem holding /boot (here the root, legacy layout), which
+    // grub.cfg's header searches for before any entry.
+    let entry = format!(
+        "menuentry \"Extra\" {{\n  linux ($drive1){} init={} {} mdi.entry=extra\n  initrd ($drive1){}\n}}",
+        v1["kernel"].as_str().unwrap(),
+        v1["init"].as_str().unwrap(),
+        params.join(" "),
+        v1["initrd"].as_str().unwrap()
+    );
+    // 0 and 1 are NixOS' entry and its specialisation "alt"; the extra entries follow.
+    let options = serde_json::json!({ "extraEntries": entry, "default": "2" }).to_string();
+    let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (out, marker) = build_image(
+        sys,
+        &t.path().join("grub-extra"),
+        &["--partition-table-type", "legacy", "--boot-loader", "grub", "--grub-options", &options],
+    );
+    let log = boot(&out.join("nixos.img"), "raw", Firmware::Bios, &marker);
+    check_cmdline(&log, sys);
+    assert!(cmdline(&log).contains("mdi.entry=extra"), "GRUB did not boot the extra entry: {}", cmdline(&log));
 }

@@ -179,8 +179,95 @@ fn fat_uuid(p: &layout::Part) -> String {
     format!("{:04X}-{:04X}", v >> 16, v & 0xFFFF)
 }
 
-fn timeout(spec: &Spec) -> u32 {
+/// boot.loader.timeout in seconds; -1 when it is null (wait for a key).
+fn timeout(spec: &Spec) -> i64 {
     spec.boot_timeout.unwrap_or(5)
+}
+
+/// The installed system's `configuration-name` (boot.loader.grub.configurationName, which
+/// NixOS' GRUB module writes into every toplevel), "" when there is none.
+fn configuration_name(spec: &Spec, toplevel: &str) -> String {
+    let f = store_file(spec, &format!("{toplevel}/configuration-name"));
+    std::fs::read_to_string(f).map(|v| v.trim_end_matches('\n').to_string()).unwrap_or_default()
+}
+
+/// The system's nixos-version as NixOS' builders read it (`cat`, Perl's chomp), or None.
+fn nixos_version(spec: &Spec, toplevel: &str) -> Option<String> {
+    let f = store_file(spec, &format!("{toplevel}/nixos-version"));
+    std::fs::read_to_string(f).ok().map(|v| v.trim_end_matches('\n').to_string())
+}
+
+/// `path` with each part that exists spelled as in the tree, matched ignoring ASCII case:
+/// on FAT, `install -D` into `efi/memtest86/` lands in the `EFI` folder bootctl made.
+fn fat_spelling(tree: &Tree, path: &str) -> String {
+    let mut cur = tree.lookup(b"/");
+    let mut out = String::new();
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        let found = cur.and_then(|d| {
+            tree.children(d).iter().copied().find(|&k| tree.get(k).name.eq_ignore_ascii_case(c.as_bytes()))
+        });
+        out.push('/');
+        match found {
+            Some(k) => out.push_str(&String::from_utf8_lossy(&tree.get(k).name)),
+            None => out.push_str(c),
+        }
+        cur = found;
+    }
+    out
+}
+
+/// Adds a file an extraFiles/extraEntries option asks for, refusing to replace one the
+/// installer wrote itself. On a FAT filesystem (`fat`) names match ignoring case.
+#[allow(clippy::too_many_arguments)] // the file, where, and what asked for it
+fn put_extra(
+    tree: &mut Tree,
+    path: &str,
+    data: FileData,
+    size: u64,
+    mode: u16,
+    time: i64,
+    key: &str,
+    fat: bool,
+) -> Result<()> {
+    let path = if fat { fat_spelling(tree, path) } else { path.to_string() };
+    let path = path.as_str();
+    if tree.lookup(path.as_bytes()).is_some() {
+        bail!("{key} would replace '{path}', which the boot loader installation writes itself; choose another name");
+    }
+    let dir_meta = Meta::root(0o755, Timestamp::from_secs(time));
+    let (parent, name) = tree.make_parents(path.as_bytes(), &dir_meta).with_context(|| format!("placing {path}"))?;
+    let kind = Kind::File { data, size };
+    tree.add(parent, &name, Meta::root(mode, Timestamp::from_secs(time)), kind, None)
+        .with_context(|| format!("placing {path} ({key})"))?;
+    Ok(())
+}
+
+/// Copies extraFiles (name → source) under `dir`, as `install -Dp` does (mode 0755). A
+/// store path is read under the spec's store root, like the bootspec's files.
+fn put_extra_files(
+    spec: &Spec,
+    tree: &mut Tree,
+    dir: &str,
+    files: &std::collections::BTreeMap<String, PathBuf>,
+    time: i64,
+    key: &str,
+    fat: bool,
+) -> Result<()> {
+    for (name, src) in files {
+        let src = &match src.to_str() {
+            Some(p) if mdi_nix::is_store_path(p.split('/').take(4).collect::<Vec<_>>().join("/").as_str()) => {
+                store_file(spec, p)
+            }
+            _ => src.clone(),
+        };
+        let md =
+            std::fs::metadata(src).with_context(|| format!("{key} '{name}': '{}' cannot be read", src.display()))?;
+        if !md.is_file() {
+            bail!("{key} '{name}': '{}' is not a file (NixOS' installer copies files with install -D)", src.display());
+        }
+        put_extra(tree, &format!("{dir}/{name}"), FileData::Path(src.clone()), md.len(), 0o755, time, key, fat)?;
+    }
+    Ok(())
 }
 
 /// Installs the boot loader's files into `tree` and prepares the BIOS boot code.
@@ -235,6 +322,36 @@ pub fn install(
                     sd_entry(e, name, &kernel, initrd.as_deref(), time),
                     time,
                 )?;
+            }
+            // The copy-extra-files script of NixOS' systemd-boot module (systemd-boot.nix):
+            // extraFiles to $BOOT/<name>, extraEntries to $BOOT/loader/entries/<name>, each
+            // with an empty marker under $BOOT/EFI/nixos/.extra-files/ (how the builder knows
+            // what to remove later). memtest86, netbootxyz, edk2-uefi-shell and windows are
+            // made of these two options, so they arrive here too.
+            let o = &spec.systemd_boot_options;
+            let empty = || FileData::Inline(Arc::from(Vec::new()));
+            let key = "systemdBootOptions.extraFiles";
+            put_extra_files(spec, tree, boot, &o.extra_files, time, key, true)?;
+            for name in o.extra_files.keys() {
+                let marker = format!("{boot}/EFI/nixos/.extra-files/{name}");
+                put_extra(tree, &marker, empty(), 0, 0o755, time, key, true)?;
+            }
+            let key = "systemdBootOptions.extraEntries";
+            for (name, text) in &o.extra_entries {
+                let bytes: Arc<[u8]> = text.clone().into_bytes().into();
+                let size = bytes.len() as u64;
+                put_extra(
+                    tree,
+                    &format!("{boot}/loader/entries/{name}"),
+                    FileData::Inline(bytes),
+                    size,
+                    0o644,
+                    time,
+                    key,
+                    true,
+                )?;
+                let marker = format!("{boot}/EFI/nixos/.extra-files/loader/entries/{name}");
+                put_extra(tree, &marker, empty(), 0, 0o755, time, key, true)?;
             }
             put_text(tree, &format!("{esp}/loader/loader.conf"), sd_loader_conf(spec), time)?;
             Ok(Installed {
@@ -292,8 +409,25 @@ fn sd_entry(e: &BootEntry, specialisation: Option<&str>, kernel: &str, initrd: O
     s
 }
 
+/// loader.conf as systemd-boot-builder.py's write_loader_conf writes it: the timeout
+/// (`menu-force` for boot.loader.timeout = null, systemd-boot.nix), the default entry,
+/// `editor 0` unless editor, `reboot-for-bitlocker yes` with rebootForBitlocker, the
+/// console mode.
 fn sd_loader_conf(spec: &Spec) -> String {
-    format!("timeout {}\ndefault nixos-generation-1.conf\nconsole-mode keep\n", timeout(spec))
+    let o = &spec.systemd_boot_options;
+    let mut s = match timeout(spec) {
+        -1 => "timeout menu-force\n".to_string(),
+        t => format!("timeout {t}\n"),
+    };
+    s += "default nixos-generation-1.conf\n";
+    if !o.editor {
+        s += "editor 0\n";
+    }
+    if o.reboot_for_bitlocker {
+        s += "reboot-for-bitlocker yes\n";
+    }
+    s += &format!("console-mode {}\n", o.console_mode);
+    s
 }
 
 fn install_grub(
@@ -308,12 +442,36 @@ fn install_grub(
     let grub = spec.grub.clone().unwrap_or_else(|| PathBuf::from(DEBIAN_GRUB));
     let mkimage = spec.grub_mkimage.clone().unwrap_or_else(|| PathBuf::from("grub-mkimage"));
     let ptt = spec.partition_table_type.as_str();
+    let o = &spec.grub_options;
+    let esp = fat_mount(plan, "ESP");
+    // Which platforms install-grub.pl installs GRUB for (its getEfiTarget): BIOS unless
+    // devices = [ "nodev" ] (grub.nix then has no `grub`) or the machine has no PC BIOS
+    // (no grubTarget), EFI with efiSupport. A platform its installer would fail to install
+    // on this layout is an error, not dropped.
+    let bios_room = matches!(ptt, "legacy" | "legacy+boot" | "legacy+gpt" | "hybrid");
+    let bios = match o.nodev {
+        Some(true) => false,
+        Some(false) if !arch.has_pc_bios() => false,
+        Some(false) if !bios_room => bail!(
+            "grubOptions.nodev is false (GRUB's BIOS boot code, NixOS' boot.loader.grub.devices), but partitionTableType '{ptt}' has no room for it ({}); set nodev (devices = [ \"nodev\" ]) or use legacy, legacy+boot, legacy+gpt or hybrid",
+            if ptt == "none" { "no partition table" } else { "no BIOS boot partition" }
+        ),
+        Some(false) => true,
+        None => bios_room && arch.has_pc_bios(),
+    };
+    let efi = match o.efi_support {
+        Some(true) if esp.is_none() => bail!(
+            "grubOptions.efiSupport is true, but partitionTableType '{ptt}' has no EFI system partition for EFI GRUB (grub-install --efi-directory would fail); use efi, efixbootldr or hybrid, or efiSupport = false"
+        ),
+        Some(e) => e,
+        None => esp.is_some(),
+    };
     // Where /boot lives decides where grub.cfg and the kernels are and which filesystem
     // GRUB searches for: a FAT partition mounted at /boot (install-grub.pl copies the
-    // kernels there), or the root filesystem (kernels stay in the store).
+    // kernels there), or the root filesystem (kernels stay in the store unless copyKernels).
     let boot_fat = plan.parts.iter().find(|p| matches!(p.role, Role::Fat { mount: "/boot", .. }));
-    let (uuid, grub_dir) = match boot_fat {
-        Some(p) => (fat_uuid(p), "/grub"),
+    let (uuid, grub_dir, boot_root) = match boot_fat {
+        Some(p) => (fat_uuid(p), "/grub", "($drive1)/"),
         None => {
             if !matches!(spec.fs_type.as_str(), "ext4" | "btrfs" | "xfs") {
                 bail!(
@@ -321,18 +479,20 @@ fn install_grub(
                     spec.fs_type
                 );
             }
-            (root_uuid.to_string(), "/boot/grub")
+            (root_uuid.to_string(), "/boot/grub", "($drive1)/boot")
         }
     };
     // A store file as GRUB reads it from /boot's filesystem: copied to /boot/kernels when
-    // /boot is its own partition, else straight from the store.
+    // /boot is its own partition or with copyKernels, else straight from the store
+    // (install-grub.pl's copyToKernelsDir).
+    let copy = boot_fat.is_some() || o.copy_kernels;
     let place = |tree: &mut Tree, file: &str, what: &str| -> Result<String> {
-        if boot_fat.is_none() {
+        if !copy {
             return Ok(file.to_string());
         }
-        let rel = format!("/kernels/{}", bootspec::grub_copy_name(file));
-        put_host_once(tree, &format!("/boot{rel}"), &store_file(spec, file), what, time)?;
-        Ok(rel)
+        let name = bootspec::grub_copy_name(file);
+        put_host_once(tree, &format!("/boot/kernels/{name}"), &store_file(spec, file), what, time)?;
+        Ok(if boot_fat.is_some() { format!("/kernels/{name}") } else { format!("/boot/kernels/{name}") })
     };
     // The system, then each specialisation, as install-grub.pl lists them at the top level.
     let mut menu = Vec::new();
@@ -343,17 +503,33 @@ fn install_grub(
         let initrd = e.initrd.as_deref().map(|i| place(tree, i, "the bootspec's initrd")).transpose()?;
         menu.push(MenuEntry { title, entry: e, kernel, initrd });
     }
+    // The "All configurations" submenu's generation: its configuration-name, else
+    // "Configuration 1 (<date of the profile link> - <nixos-version>)"; install-grub.pl
+    // skips a generation without nixos-version.
+    let generation = match nixos_version(spec, &entry.toplevel) {
+        Some(version) if o.configuration_limit > 0 => {
+            let name = configuration_name(spec, &entry.toplevel);
+            Some(if name.is_empty() { format!("Configuration 1 ({} - {version})", date(time)) } else { name })
+        }
+        _ => None,
+    };
     // GRUB's driver for the filesystem holding /boot.
     let boot_fs_module = match (boot_fat.is_some(), spec.fs_type.as_str()) {
         (true, _) => "fat",
         (false, "ext4") => "ext2",
         (false, other) => other,
     };
-    put_text(tree, "/boot/grub/grub.cfg", grub_cfg(spec, &uuid, &menu), time)?;
-    // partitionTableType none: no place for boot code, so only grub.cfg, as NixOS' GRUB
-    // module does for `devices = [ "nodev" ]` (a VM booting the kernel directly, or a
-    // disk another loader chains into).
-    if ptt == "none" {
+    let search = format!("search --set=drive1 --fs-uuid {uuid}");
+    put_text(tree, "/boot/grub/grub.cfg", grub_cfg(spec, &search, boot_root, &menu, generation.as_deref()), time)?;
+    // extraFiles: grub.nix copies them (its extraPrepareConfig, `install -Dp`) to
+    // efiSysMountPoint: the ESP, or /boot on layouts without one.
+    let files_dir = esp.map(|(m, _)| m).unwrap_or("/boot");
+    let on_fat = esp.is_some() || boot_fat.is_some();
+    put_extra_files(spec, tree, files_dir, &o.extra_files, time, "grubOptions.extraFiles", on_fat)?;
+    // Neither platform (partitionTableType none, or devices = [ "nodev" ] without
+    // efiSupport): only the menu, as NixOS' GRUB module writes it (a VM booting the kernel
+    // directly, or a disk another loader chains into).
+    if !bios && !efi {
         return Ok(Installed { loader: Loader::Grub, bios: None, efi_entry: None });
     }
     let early = format!("search --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root){grub_dir}\n");
@@ -376,8 +552,8 @@ fn install_grub(
         "configfile",
         "gzio",
     ];
-    let mut bios = None;
-    if matches!(ptt, "legacy" | "legacy+boot" | "legacy+gpt" | "hybrid") {
+    let mut bios_code = None;
+    if bios {
         let dir = grub.join("i386-pc");
         let modules: Vec<&str> = ["biosdisk"].iter().chain(&common_modules).copied().collect();
         let core = mkimage_run(&mkimage, &dir, "i386-pc", "grub-pc-bin", &early_cfg, grub_dir, &modules, tmp.path())?;
@@ -408,11 +584,11 @@ fn install_grub(
             ),
             e => anyhow!("{e}"),
         })?;
-        bios = Some(BiosCode { boot_img, core_img, core_offset: offset });
+        bios_code = Some(BiosCode { boot_img, core_img, core_offset: offset });
     }
     let mut efi_entry = None;
-    if matches!(ptt, "efi" | "efixbootldr" | "hybrid") {
-        let (esp, _) = fat_mount(plan, "ESP").expect("EFI layouts have an ESP");
+    if efi {
+        let (esp, _) = esp.expect("checked above");
         // forcei686: 32-bit UEFI firmware on an x86_64 machine runs only ia32 loaders.
         let arch = match (spec.grub_force_i686, arch) {
             (true, Arch::X86_64 | Arch::I686) => Arch::I686,
@@ -428,11 +604,21 @@ fn install_grub(
         let image = mkimage_run(&mkimage, &dir, target, &package, &early_cfg, grub_dir, &modules, tmp.path())?;
         let bytes: Arc<[u8]> = image.into();
         let size = bytes.len() as u64;
-        let loader = arch.removable_loader();
-        put(tree, &format!("{esp}/EFI/BOOT/{loader}"), FileData::Inline(bytes), size, time)?;
-        efi_entry = Some((format!("\\EFI\\BOOT\\{loader}"), "NixOS-boot".into()));
+        // grub-install --removable writes the firmware's fallback path; without it
+        // EFI/<bootloader-id>/grub<arch>.efi, which only a Boot#### entry starts
+        // (install-grub.pl: --bootloader-id, --removable when efiInstallAsRemovable).
+        let id = &o.bootloader_id;
+        let (file, loader_path) = if o.efi_install_as_removable {
+            let loader = arch.removable_loader();
+            (format!("{esp}/EFI/BOOT/{loader}"), format!("\\EFI\\BOOT\\{loader}"))
+        } else {
+            let loader = format!("grub{}.efi", arch.efi());
+            (format!("{esp}/EFI/{id}/{loader}"), format!("\\EFI\\{id}\\{loader}"))
+        };
+        put(tree, &file, FileData::Inline(bytes), size, time)?;
+        efi_entry = Some((loader_path, id.clone()));
     }
-    Ok(Installed { loader: Loader::Grub, bios, efi_entry })
+    Ok(Installed { loader: Loader::Grub, bios: bios_code, efi_entry })
 }
 
 #[allow(clippy::too_many_arguments)] // each is one grub-mkimage option
@@ -487,27 +673,65 @@ struct MenuEntry<'a> {
     initrd: Option<String>,
 }
 
-/// `/boot/grub/grub.cfg` in install-grub.pl's shape: find the filesystem by UUID, boot the
-/// bootspec's kernel with `init=` and its parameters, one entry per generation.
-fn grub_cfg(spec: &Spec, uuid: &str, menu: &[MenuEntry]) -> String {
-    let mut s = String::from("# Automatically generated.  DO NOT EDIT THIS FILE!\n");
-    s += "set default=0\n";
-    s += &format!("set timeout={}\n", timeout(spec));
-    s += &format!("search --set=drive1 --fs-uuid {uuid}\n");
-    for m in menu {
-        s += &format!("menuentry \"{}\" --class nixos --unrestricted {{\n", m.title);
-        s += &format!("search --set=drive1 --fs-uuid {uuid}\n");
-        s += &format!("  linux ($drive1){} init={}", m.kernel, m.entry.init);
+/// `/boot/grub/grub.cfg` in install-grub.pl's shape: find /boot's filesystem by UUID, the
+/// default entry and timeout (`-1`: wait for a key, grub.nix's value for
+/// boot.loader.timeout = null), extraConfig, extraEntries before or after NixOS' entries
+/// (`@bootRoot@` replaced by GRUB's path of /boot), then the "All configurations" submenu
+/// with the one generation an image has (`generation`: its title; None when
+/// configurationLimit is 0 or the system has no nixos-version).
+fn grub_cfg(spec: &Spec, search: &str, boot_root: &str, menu: &[MenuEntry], generation: Option<&str>) -> String {
+    let o = &spec.grub_options;
+    let entry = |s: &mut String, title: &str, options: &str, m: &MenuEntry| {
+        *s += &format!("menuentry \"{title}\" {options} {{\n{search}\n");
+        if !o.extra_per_entry_config.is_empty() {
+            *s += &format!("  {}\n", o.extra_per_entry_config);
+        }
+        *s += &format!("  linux ($drive1){} init={}", m.kernel, m.entry.init);
         for p in &m.entry.kernel_params {
-            s += " ";
-            s += p;
+            *s += " ";
+            *s += p;
         }
-        s += "\n";
+        *s += "\n";
         if let Some(i) = &m.initrd {
-            s += &format!("  initrd ($drive1){i}\n");
+            *s += &format!("  initrd ($drive1){i}\n");
         }
-        s += "}\n";
+        *s += "}\n\n";
+    };
+    let mut s = String::from("# Automatically generated.  DO NOT EDIT THIS FILE!\n");
+    s += &format!("{search}\n");
+    s += &format!("set default={}\n", o.default);
+    s += &format!("set timeout={}\n", timeout(spec));
+    s += &format!("set timeout_style={}\n", o.timeout_style);
+    s += &format!("{}\n", o.extra_config);
+    s += "\n";
+    if o.extra_entries_before_nixos {
+        s += &format!("{}\n", o.extra_entries);
     }
+    for (i, m) in menu.iter().enumerate() {
+        // The default entry takes entryOptions; specialisations none.
+        entry(&mut s, &m.title, if i == 0 { &o.entry_options } else { "" }, m);
+    }
+    if !o.extra_entries_before_nixos {
+        s += &format!("{}\n", o.extra_entries);
+    }
+    s = s.replace("@bootRoot@", boot_root);
+    s += "submenu \"NixOS - All configurations\" --class submenu {\n";
+    if let Some(g) = generation {
+        let title = format!("NixOS - {g}");
+        if menu.len() == 1 {
+            entry(&mut s, &title, &o.sub_entry_options, &menu[0]);
+        } else {
+            // A generation with specialisations is a submenu of its own.
+            s += &format!("submenu \"> {title}\" --class submenu {{\n");
+            entry(&mut s, &format!("{title} - Default"), &o.sub_entry_options, &menu[0]);
+            for m in &menu[1..] {
+                let name = m.title.trim_start_matches("NixOS - ");
+                entry(&mut s, &format!("{title} - {name}"), "", m);
+            }
+            s += "}\n";
+        }
+    }
+    s += "}\n";
     s
 }
 
@@ -542,6 +766,13 @@ fn install_extlinux(spec: &Spec, tree: &mut Tree, time: i64, entry: &BootEntry) 
     // nixos-version as the builder reads it (`$(cat …)` drops trailing newlines).
     let version_file = store_file(spec, &format!("{}/nixos-version", entry.toplevel));
     let version = std::fs::read_to_string(&version_file).map(|v| v.trim_end_matches('\n').to_string());
+    if let (None, Some(n), true) =
+        (&dtbs, &spec.extlinux_options.dtb_name, spec.extlinux_options.use_generation_device_tree)
+    {
+        bail!(
+            "extlinuxOptions.dtbName is '{n}' (hardware.deviceTree.name), but the system has no dtbs folder; extlinux-conf-builder.sh stops here too"
+        );
+    }
     let conf =
         extlinux_conf(spec, entry, &kernel, initrd.as_deref(), dtbs.as_deref(), version.as_deref().unwrap_or(""), time);
     put_text(tree, "/boot/extlinux/extlinux.conf", conf, time)?;
@@ -559,11 +790,14 @@ fn extlinux_conf(
     time: i64,
 ) -> String {
     // U-Boot reads TIMEOUT in tenths of a second, and 0 as "wait forever"; NixOS writes
-    // -10 for boot.loader.timeout = 0 (boot at once).
+    // -10 for boot.loader.timeout = 0 (boot at once) and 0 for null (the module passes -1,
+    // which the builder's `-t` turns into 0).
     let timeout = match timeout(spec) {
+        t if t < 0 => 0,
         0 => -10,
-        t => i64::from(t) * 10,
+        t => t * 10,
     };
+    let o = &spec.extlinux_options;
     let mut s = String::from("# Generated file, all changes will be lost on nixos-rebuild!\n\n");
     s += "# Change this to e.g. nixos-42 to temporarily boot to an older configuration.\n";
     s += "DEFAULT nixos-default\n\n";
@@ -572,16 +806,25 @@ fn extlinux_conf(
     let (y, mo, d) = Timestamp::from_secs(time).civil_date();
     let secs_of_day = time.rem_euclid(86_400);
     let stamp = format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}", secs_of_day / 3600, secs_of_day % 3600 / 60);
+    // -g configurationLimit: how many of the profile's generations (an image has one) follow
+    // the default entry.
+    let generations = if o.configuration_limit > 0 { 2 } else { 1 };
     for (tag, menu) in
         [("default", "NixOS - Default".to_string()), ("1", format!("NixOS - Configuration 1 ({stamp} - {version})"))]
+            .into_iter()
+            .take(generations)
     {
         s += &format!("\nLABEL nixos-{tag}\n  MENU LABEL {menu}\n  LINUX {kernel}\n");
         if let Some(i) = initrd {
             s += &format!("  INITRD {i}\n");
         }
         s += &format!("  APPEND init={} {}\n", entry.init, entry.kernel_params.join(" "));
-        if let Some(d) = dtbs {
-            s += &format!("  FDTDIR {d}\n");
+        // -r (useGenerationDeviceTree = false): no device tree line; -n dtbName: FDT.
+        match (dtbs, &o.dtb_name) {
+            _ if !o.use_generation_device_tree => {}
+            (Some(d), Some(n)) => s += &format!("  FDT {d}/{n}\n"),
+            (Some(d), None) => s += &format!("  FDTDIR {d}\n"),
+            (None, _) => {}
         }
     }
     s
@@ -638,7 +881,10 @@ pub fn efi_vars(spec: &Spec, plan: &Plan, installed: Option<&Installed>, arch: A
         }
         template = mdi_efivars::format_arm_virt(template.len())?;
     }
-    let Some((loader_path, description)) = installed.and_then(|i| i.efi_entry.as_ref()) else {
+    // boot.loader.efi.canTouchEfiVariables = false: the installer runs with --no-variables
+    // (bootctl) / --no-nvram (grub-install), leaving the store as it was.
+    let entry = installed.and_then(|i| i.efi_entry.as_ref()).filter(|_| spec.can_touch_efi_variables);
+    let Some((loader_path, description)) = entry else {
         // Checked like an installed store would be, so a wrong file fails here, not at boot.
         mdi_efivars::VarStore::parse(&template)
             .with_context(|| format!("efiVariables '{}' is not an OVMF variable store", path.display()))?;

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Every key the spec accepts, in the order of docs/design.md §2.2 (plus nixpkgs arguments we
@@ -33,6 +34,10 @@ pub const KEYS: &[&str] = &[
     "touchEFIVars",
     "efiVariables",
     "bootTimeout",
+    "canTouchEfiVariables",
+    "grubOptions",
+    "systemdBootOptions",
+    "extlinuxOptions",
     "configFile",
     "copyChannel",
     "channel",
@@ -128,9 +133,23 @@ pub struct Spec {
     pub touch_efi_vars: bool,
     #[serde(default)]
     pub efi_variables: Option<PathBuf>,
-    /// Seconds the boot menu waits (NixOS' boot.loader.timeout; default 5).
+    /// Seconds the boot menu waits (NixOS' boot.loader.timeout; default 5); -1 waits for a
+    /// key (NixOS' `boot.loader.timeout = null`).
     #[serde(default)]
-    pub boot_timeout: Option<u32>,
+    pub boot_timeout: Option<i64>,
+    /// NixOS' `boot.loader.efi.canTouchEfiVariables`: whether the installed EFI loader gets a
+    /// Boot#### entry in efi-vars.fd (touchEFIVars). Default true.
+    #[serde(default = "d_true")]
+    pub can_touch_efi_variables: bool,
+    /// NixOS' `boot.loader.grub.*` options that change the files GRUB's installer writes.
+    #[serde(default)]
+    pub grub_options: GrubOptions,
+    /// NixOS' `boot.loader.systemd-boot.*` options that change the ESP.
+    #[serde(default)]
+    pub systemd_boot_options: SystemdBootOptions,
+    /// NixOS' `boot.loader.generic-extlinux-compatible.*` options.
+    #[serde(default)]
+    pub extlinux_options: ExtlinuxOptions,
     #[serde(default)]
     pub config_file: Option<PathBuf>,
     /// Whether `channel` becomes root's channel. Unset means "when `channel` is given";
@@ -173,6 +192,154 @@ pub struct Spec {
     pub name: Option<String>,
     #[serde(default)]
     pub mem_size: Option<Value>,
+}
+
+/// `grubOptions`: NixOS' `boot.loader.grub.*` options, by their NixOS names, as
+/// install-grub.pl reads them from grub-config.xml (docs/spec.md, docs/boot-loader-options.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrubOptions {
+    /// GRUB commands after the header, before the menu entries.
+    #[serde(default)]
+    pub extra_config: String,
+    /// Menu text added after (or, with `extraEntriesBeforeNixOS`, before) NixOS' entries;
+    /// `@bootRoot@` becomes GRUB's path of /boot.
+    #[serde(default)]
+    pub extra_entries: String,
+    #[serde(default, rename = "extraEntriesBeforeNixOS")]
+    pub extra_entries_before_nixos: bool,
+    /// Lines at the start of each NixOS entry (after its search line).
+    #[serde(default)]
+    pub extra_per_entry_config: String,
+    /// `set default=` (an index or an entry title); "saved" is refused.
+    #[serde(default = "d_grub_default")]
+    pub default: String,
+    /// Entries in the "All configurations" submenu (0: none).
+    #[serde(default = "d_100")]
+    pub configuration_limit: i64,
+    /// `set timeout_style=`: menu, countdown or hidden.
+    #[serde(default = "d_menu")]
+    pub timeout_style: String,
+    /// Options of the default NixOS entry (`menuentry "…" <entryOptions> {`).
+    #[serde(default = "d_entry_options")]
+    pub entry_options: String,
+    /// Options of the entries in the submenu.
+    #[serde(default = "d_sub_entry_options")]
+    pub sub_entry_options: String,
+    /// Copy kernels and initrds to /boot/kernels even when /boot is on the root filesystem.
+    #[serde(default)]
+    pub copy_kernels: bool,
+    /// Files copied to the ESP (or /boot without one): name → source.
+    #[serde(default)]
+    pub extra_files: BTreeMap<String, PathBuf>,
+    /// Install EFI GRUB (NixOS' efiSupport). Unset: where the layout has an ESP.
+    #[serde(default)]
+    pub efi_support: Option<bool>,
+    /// No BIOS boot code (NixOS' `devices = [ "nodev" ]`). Unset: BIOS boot code where the
+    /// layout has room for it.
+    #[serde(default)]
+    pub nodev: Option<bool>,
+    /// EFI GRUB at the removable path `EFI/BOOT/BOOT<ARCH>.EFI` (true, the default here),
+    /// else at `EFI/<bootloaderId>/grub<arch>.efi` as grub-install without --removable.
+    #[serde(default = "d_true")]
+    pub efi_install_as_removable: bool,
+    /// grub-install's --bootloader-id: the folder under EFI/ and the Boot#### description.
+    #[serde(default = "d_bootloader_id")]
+    pub bootloader_id: String,
+}
+
+impl Default for GrubOptions {
+    fn default() -> Self {
+        serde_json::from_value(Value::Object(Map::new())).expect("all fields have defaults")
+    }
+}
+
+/// `systemdBootOptions`: NixOS' `boot.loader.systemd-boot.*` options that change the ESP,
+/// as systemd-boot-builder.py and its copy-extra-files script use them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SystemdBootOptions {
+    /// false writes `editor 0` to loader.conf.
+    #[serde(default = "d_true")]
+    pub editor: bool,
+    /// `console-mode` of loader.conf.
+    #[serde(default = "d_keep")]
+    pub console_mode: String,
+    /// true writes `reboot-for-bitlocker yes`.
+    #[serde(default)]
+    pub reboot_for_bitlocker: bool,
+    /// loader/entries/<name> → its text.
+    #[serde(default)]
+    pub extra_entries: BTreeMap<String, String>,
+    /// Files copied to $BOOT (XBOOTLDR, else the ESP): name → source.
+    #[serde(default)]
+    pub extra_files: BTreeMap<String, PathBuf>,
+}
+
+impl Default for SystemdBootOptions {
+    fn default() -> Self {
+        serde_json::from_value(Value::Object(Map::new())).expect("all fields have defaults")
+    }
+}
+
+/// `extlinuxOptions`: NixOS' `boot.loader.generic-extlinux-compatible.*` options, as
+/// extlinux-conf-builder.sh takes them (-g, -r, -n).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtlinuxOptions {
+    /// Generations listed besides the default entry (0: none).
+    #[serde(default = "d_20")]
+    pub configuration_limit: i64,
+    /// false: no FDTDIR/FDT line (the builder's -r).
+    #[serde(default = "d_true")]
+    pub use_generation_device_tree: bool,
+    /// `FDT <dtbs>/<dtbName>` instead of FDTDIR (NixOS' hardware.deviceTree.name).
+    #[serde(default)]
+    pub dtb_name: Option<String>,
+}
+
+impl Default for ExtlinuxOptions {
+    fn default() -> Self {
+        serde_json::from_value(Value::Object(Map::new())).expect("all fields have defaults")
+    }
+}
+
+fn d_grub_default() -> String {
+    "0".into()
+}
+fn d_100() -> i64 {
+    100
+}
+fn d_20() -> i64 {
+    20
+}
+fn d_menu() -> String {
+    "menu".into()
+}
+fn d_keep() -> String {
+    "keep".into()
+}
+fn d_entry_options() -> String {
+    "--class nixos --unrestricted".into()
+}
+fn d_sub_entry_options() -> String {
+    "--class nixos".into()
+}
+fn d_bootloader_id() -> String {
+    "NixOS-boot".into()
+}
+
+/// A name of an extraFiles/extraEntries map: a relative path without `..`.
+fn check_rel_name(key: &str, name: &str) -> Result<(), SpecError> {
+    if name.is_empty() || name.starts_with('/') || name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(SpecError::BadValue {
+            key: key.into(),
+            what: format!(
+                "'{name}' is not a relative path (like efi/memtest86/memtest.efi) without '.', '..' or empty parts"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn d_format() -> String {
@@ -482,11 +649,60 @@ impl Spec {
         if let Some(s) = &self.seed {
             mdi_ident::Uuid::parse(s).map_err(|e| SpecError::BadValue { key: "seed".into(), what: e.to_string() })?;
         }
+        self.validate_boot_options()?;
         mdi_ident::Uuid::parse(&self.root_gpuid)
             .map_err(|e| SpecError::BadValue { key: "rootGPUID".into(), what: e.to_string() })?;
         if let Some(s) = &self.root_fsuid {
             mdi_ident::Uuid::parse(s)
                 .map_err(|e| SpecError::BadValue { key: "rootFSUID".into(), what: e.to_string() })?;
+        }
+        Ok(())
+    }
+
+    fn validate_boot_options(&self) -> Result<(), SpecError> {
+        if let Some(t) = self.boot_timeout {
+            if !(-1..=i64::from(u32::MAX)).contains(&t) {
+                return Err(SpecError::BadValue {
+                    key: "bootTimeout".into(),
+                    what: format!("{t} is not a number of seconds (0 to 4294967295) or -1 (wait for a key)"),
+                });
+            }
+        }
+        let g = &self.grub_options;
+        one_of("grubOptions.timeoutStyle", &g.timeout_style, &["menu", "countdown", "hidden"])?;
+        if g.default == "saved" || g.default.contains('\n') {
+            return Err(SpecError::BadValue {
+                key: "grubOptions.default".into(),
+                what: format!(
+                    "'{}' is not supported: \"saved\" needs GRUB's environment block, which install-grub.pl keeps and this builder does not write; give an index or an entry title",
+                    g.default
+                ),
+            });
+        }
+        if g.bootloader_id.is_empty() || g.bootloader_id.contains(['/', '\\']) {
+            return Err(SpecError::BadValue {
+                key: "grubOptions.bootloaderId".into(),
+                what: format!("'{}' must be a plain folder name (EFI/<bootloaderId>/)", g.bootloader_id),
+            });
+        }
+        for name in g.extra_files.keys() {
+            check_rel_name("grubOptions.extraFiles", name)?;
+        }
+        let s = &self.systemd_boot_options;
+        one_of("systemdBootOptions.consoleMode", &s.console_mode, &["0", "1", "2", "5", "auto", "max", "keep"])?;
+        for name in s.extra_files.keys() {
+            check_rel_name("systemdBootOptions.extraFiles", name)?;
+        }
+        for name in s.extra_entries.keys() {
+            if name.contains('/') || name.is_empty() || name.starts_with('.') {
+                return Err(SpecError::BadValue {
+                    key: "systemdBootOptions.extraEntries".into(),
+                    what: format!("'{name}' must be a plain file name in loader/entries (like memtest86.conf)"),
+                });
+            }
+        }
+        if let Some(d) = &self.extlinux_options.dtb_name {
+            check_rel_name("extlinuxOptions.dtbName", d)?;
         }
         Ok(())
     }
@@ -555,6 +771,36 @@ mod tests {
         for k in KEYS {
             assert_eq!(key_for_flag(&kebab(k)), Some(*k));
         }
+    }
+
+    #[test]
+    fn boot_loader_options() {
+        let spec = |j: serde_json::Value| from_map(j.as_object().unwrap().clone());
+        let s = spec(serde_json::json!({})).unwrap();
+        assert_eq!(s.grub_options, GrubOptions::default());
+        assert_eq!((s.grub_options.default.as_str(), s.grub_options.efi_install_as_removable), ("0", true));
+        assert!(s.systemd_boot_options.editor && s.can_touch_efi_variables);
+        assert_eq!(s.extlinux_options.configuration_limit, 20);
+        assert_eq!(spec(serde_json::json!({"bootTimeout": -1})).unwrap().boot_timeout, Some(-1));
+        for (bad, key) in [
+            (serde_json::json!({"bootTimeout": -2}), "bootTimeout"),
+            (serde_json::json!({"grubOptions": {"default": "saved"}}), "grubOptions.default"),
+            (serde_json::json!({"grubOptions": {"timeoutStyle": "loud"}}), "grubOptions.timeoutStyle"),
+            (serde_json::json!({"grubOptions": {"bootloaderId": "a/b"}}), "grubOptions.bootloaderId"),
+            (serde_json::json!({"grubOptions": {"extraFiles": {"../x": "/y"}}}), "grubOptions.extraFiles"),
+            (serde_json::json!({"systemdBootOptions": {"consoleMode": "big"}}), "systemdBootOptions.consoleMode"),
+            (
+                serde_json::json!({"systemdBootOptions": {"extraEntries": {"a/b.conf": ""}}}),
+                "systemdBootOptions.extraEntries",
+            ),
+        ] {
+            match spec(bad.clone()) {
+                Err(SpecError::BadValue { key: k, .. }) => assert_eq!(k, key, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // Unknown option names are errors, not dropped.
+        assert!(spec(serde_json::json!({"grubOptions": {"theme": "/x"}})).is_err());
     }
 
     #[test]

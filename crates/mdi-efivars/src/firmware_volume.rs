@@ -70,8 +70,7 @@ impl FirmwareVolumeHeader {
                 "firmware volume header revision {revision}, expected {FVH_REVISION}"
             )));
         }
-        if header_length < FIXED_LEN + 2 * MAP_ENTRY_LEN || !header_length.is_multiple_of(2) || header_length > b.len()
-        {
+        if header_length < FIXED_LEN + 2 * MAP_ENTRY_LEN || header_length % 2 != 0 || header_length > b.len() {
             return Err(corrupt(0x30, format!("firmware volume HeaderLength {header_length:#x} is impossible")));
         }
         let header = &b[..header_length];

@@ -151,7 +151,7 @@ pub fn add_boot_entry(template: &[u8], entry: &BootEntry) -> Result<Vec<u8>> {
     let option = entry.load_option()?;
     let mut order = vec![entry.number];
     if let Some(old) = store.get("BootOrder", Guid::EFI_GLOBAL_VARIABLE) {
-        if !old.data.len().is_multiple_of(2) {
+        if old.data.len() % 2 != 0 {
             return Err(Error::Corrupt {
                 offset: 0,
                 what: format!("the existing BootOrder has {} bytes, not a list of 16-bit numbers", old.data.len()),

@@ -289,7 +289,7 @@ fn align_up(n: usize) -> usize {
 }
 
 fn is_nul_terminated_utf16(name: &[u8]) -> bool {
-    name.len() >= 4 && name.len().is_multiple_of(2) && name[name.len() - 2..] == [0, 0]
+    name.len() >= 4 && name.len() % 2 == 0 && name[name.len() - 2..] == [0, 0]
 }
 
 /// `name` as stored: UTF-16LE with a terminating NUL.

@@ -580,7 +580,7 @@ fn special_inode(mode: u16, size: u64, flags: u32, t: (i64, u32)) -> Inode {
 
 /// Sets bits `from..to` of a bitmap.
 fn set_bits(b: &mut [u8], mut from: usize, to: usize) {
-    while from < to && !from.is_multiple_of(8) {
+    while from < to && from % 8 != 0 {
         b[from / 8] |= 1 << (from % 8);
         from += 1;
     }

@@ -66,7 +66,7 @@ fn split(name: &[u8], value: &[u8]) -> Result<Attr, XattrError> {
 /// POSIX ACL xattr (version 2, 8-byte entries) → ext4 ACL (version 1; owner, group-owner,
 /// mask and other entries are 4 bytes, named user and group entries 8).
 fn acl_to_disk(v: &[u8]) -> Option<Vec<u8>> {
-    if v.len() < 4 || !(v.len() - 4).is_multiple_of(8) || get_u32(v, 0) != 2 {
+    if v.len() < 4 || (v.len() - 4) % 8 != 0 || get_u32(v, 0) != 2 {
         return None;
     }
     let mut out = 1u32.to_le_bytes().to_vec();

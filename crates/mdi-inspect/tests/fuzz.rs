@@ -62,7 +62,7 @@ enum Mutation {
 /// `off` a byte in it.
 fn place(seed: &Seed, sel: u64, off: u64) -> u64 {
     let len = seed.bytes.len() as u64;
-    if sel.is_multiple_of(4) || seed.hot.is_empty() {
+    if sel % 4 == 0 || seed.hot.is_empty() {
         return off % len;
     }
     let (s, n) = seed.hot[(sel / 4) as usize % seed.hot.len()];

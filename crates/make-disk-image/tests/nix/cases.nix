@@ -1,6 +1,11 @@
 # What tests/nix_function.rs evaluates and builds: our nix/make-disk-image.nix called as
 # NixOS users call nixpkgs' function, with the stand-in pkgs/lib/config of stand-in.nix.
-{ mdiBin }:
+{
+  mdiBin,
+  # A copy of nix/make-disk-image.nix placed as <tree>/nixos/lib/make-disk-image.nix (by the
+  # test), for inNixpkgs.
+  nixpkgsTreeFile ? null,
+}:
 let
   s = import ./stand-in.nix { inherit mdiBin; };
   mdi =
@@ -62,6 +67,7 @@ rec {
     postVM = ''
       test -f "$diskImage"
       echo "$diskImage $bootSize $bootSizeMiB $(sectorsToBytes 3)" >$out/post-vm
+      command -v parted partx sfdisk >>$out/post-vm
     '';
   };
 
@@ -77,6 +83,7 @@ rec {
   };
   fullGrub = mdi { additionalSpace = "16M"; };
   fullGrubHybrid = mdi {
+    config = s.configGrubHybrid;
     partitionTableType = "hybrid";
     additionalSpace = "16M";
     bootSize = "64M";
@@ -93,8 +100,29 @@ rec {
         formatOptions.compression = "zstd";
       }).spec;
     grubLegacy = (mdi { }).spec;
-    grubEfi = (mdi { partitionTableType = "efi"; }).spec;
-    grubHybrid = (mdi { partitionTableType = "hybrid"; }).spec;
+    grubEfi =
+      (mdi {
+        config = s.configGrubEfi;
+        partitionTableType = "efi";
+      }).spec;
+    grubHybrid =
+      (mdi {
+        config = s.configGrubHybrid;
+        partitionTableType = "hybrid";
+      }).spec;
+    # hybrid with efiSupport = false: BIOS GRUB only, as NixOS' installer does.
+    grubHybridBiosOnly = (mdi { partitionTableType = "hybrid"; }).spec;
+    # linode: no partition table, devices = [ "nodev" ], no efiSupport: the menu only, no
+    # GRUB build at all.
+    linode =
+      (mdi {
+        config = s.configLinode;
+        partitionTableType = "none";
+      }).spec;
+    grubOptions = fullGrubOptions.spec;
+    grubEfiNvram = fullGrubEfiNvram.spec;
+    systemdBootOptions = fullSystemdBootOptions.spec;
+    aarch64ExtlinuxOptions = fullAarch64ExtlinuxOptions.spec;
     noLoader = (mdi { config = s.configNoLoader; }).spec;
     noInstall = (mdi { installBootLoader = false; }).spec;
     contents =
@@ -149,6 +177,119 @@ rec {
     additionalSpace = "16M";
     bootSize = "64M";
   };
+  # Each honoured boot.loader option set, built (tests/nix_function.rs reads the files).
+  fullGrubOptions = mdi {
+    config = s.configGrubOptions;
+    additionalSpace = "16M";
+  };
+  fullGrubEfiNvram = mdi {
+    config = s.configGrubEfiNvram;
+    partitionTableType = "efi";
+    touchEFIVars = true;
+    additionalSpace = "16M";
+    bootSize = "64M";
+  };
+  fullGrubHybridBiosOnly = mdi {
+    partitionTableType = "hybrid";
+    additionalSpace = "16M";
+    bootSize = "64M";
+  };
+  fullLinode = mdi {
+    config = s.configLinode;
+    partitionTableType = "none";
+    additionalSpace = "16M";
+  };
+  fullSystemdBootOptions = mdi {
+    config = s.configSystemdBootOptions;
+    partitionTableType = "efi";
+    additionalSpace = "16M";
+    bootSize = "64M";
+  };
+  fullAarch64ExtlinuxOptions = mdi {
+    pkgs = s.pkgsAarch64;
+    config = s.configAarch64ExtlinuxOptions;
+    partitionTableType = "efi";
+    additionalSpace = "16M";
+    bootSize = "64M";
+  };
+
+  # Options that change the disk and are not honoured: each fails the evaluation naming
+  # the option (tests/nix_function.rs checks the messages).
+  refused = builtins.mapAttrs (_: a: (mdi a).drvPath) {
+    "grub.users" = { config = s.withGrub { users.root.hashedPassword = "grub.pbkdf2.sha512.x"; }; };
+    "grub.theme" = { config = s.withGrub { theme = "/nix/store/00000000000000000000000000000000-breeze"; }; };
+    "grub.splashImage" = { config = s.withGrub { splashImage = ./configuration.nix; }; };
+    "grub.font" = { config = s.withGrub { font = "/nix/store/00000000000000000000000000000000-f/DejaVuSans.ttf"; }; };
+    "grub.gfxmodeEfi" = { config = s.withGrub { gfxmodeEfi = "1024x768"; }; };
+    "grub.useOSProber" = { config = s.withGrub { useOSProber = true; }; };
+    "grub.mirroredBoots" = {
+      config = s.withGrub {
+        mirroredBoots = [
+          { path = "/boot1"; devices = [ "/dev/vda" ]; }
+          { path = "/boot2"; devices = [ "/dev/vdb" ]; }
+        ];
+      };
+    };
+    "grub.extraPrepareConfig" = { config = s.withGrub { extraPrepareConfig = "touch /boot/x"; }; };
+    "grub.extraInstallCommands" = { config = s.withGrub { extraInstallCommands = "touch /boot/x"; }; };
+    "grub.extraGrubInstallArgs" = { config = s.withGrub { extraGrubInstallArgs = [ "--modules=nativedisk" ]; }; };
+    "grub.enableCryptodisk" = { config = s.withGrub { enableCryptodisk = true; }; };
+    "grub.fsIdentifier" = { config = s.withGrub { fsIdentifier = "label"; }; };
+    "grub.default" = { config = s.withGrub { default = "saved"; }; };
+    "grub.efiSupport" = { config = s.withGrub { efiSupport = true; }; };
+    "grub.devices" = {
+      config = s.config;
+      partitionTableType = "efi";
+    };
+    "efi.efiSysMountPoint" = {
+      config = s.configGrubEfi // {
+        boot.loader = s.configGrubEfi.boot.loader // { efi.efiSysMountPoint = "/boot/efi"; };
+      };
+      partitionTableType = "efi";
+    };
+    "systemd-boot.extraInstallCommands" = {
+      config = s.withSystemdBoot { extraInstallCommands = "touch /boot/x"; };
+      partitionTableType = "efi";
+    };
+    "systemd-boot.extraEfiDrivers" = {
+      config = s.withSystemdBoot { extraEfiDrivers."ext4_x64.efi" = ./configuration.nix; };
+      partitionTableType = "efi";
+    };
+    "systemd-boot.installDeviceTree" = {
+      config = s.withSystemdBoot { installDeviceTree = true; };
+      partitionTableType = "efi";
+    };
+    "systemd-boot.xbootldrMountPoint" = {
+      config = s.withSystemdBoot { xbootldrMountPoint = "/boot"; };
+      partitionTableType = "efi";
+    };
+  };
+  refusedNames = builtins.attrNames refused;
+  # Loaders that need their own installer: refused by name even when GRUB is enabled too.
+  refusedLoaders = builtins.mapAttrs (_: o: (mdi { config = s.withLoader o; }).drvPath) {
+    external = { external.enable = true; };
+    initScript = { initScript.enable = true; };
+  };
+
+  # The file placed in a nixpkgs tree as nixos/lib/make-disk-image.nix (no ../package.nix
+  # beside it): the program is pkgs' make-disk-image package; without one, a clear error.
+  inNixpkgs =
+    let
+      file = /. + nixpkgsTreeFile;
+      call =
+        pkgs:
+        import file {
+          inherit pkgs;
+          inherit (s) lib config;
+        };
+    in
+    {
+      found = (call (s.pkgs // { make-disk-image = s.makeDiskImage; })).drvPath == (mdi { }).drvPath;
+      foundInBuildPackages =
+        (call (s.pkgs // { buildPackages.make-disk-image = s.makeDiskImage; })).drvPath == (mdi { }).drvPath;
+      missing = (call s.pkgs).drvPath;
+    };
+
   expect = {
     systemdBoot = "${s.systemdPkg}/lib/systemd/boot/efi/systemd-bootx64.efi";
     grub = "${s.grub2}";
@@ -164,6 +305,9 @@ rec {
     kernelAarch64 = "${s.kernelAarch64}";
     systemdBootAarch64 = "${s.systemdPkgAarch64}/lib/systemd/boot/efi/systemd-bootaa64.efi";
     grubAarch64 = "${s.grub2Aarch64Efi}";
+    toplevelNamed = "${s.toplevelNamed}";
+    utilLinux = "${s.pkgs.util-linux}";
+    parted = "${s.pkgs.parted}";
     extra = "${s.extra}";
   };
 
@@ -242,7 +386,12 @@ rec {
   # What nixpkgs also allows: no rootFSUID when not deterministic, other fsTypes unpartitioned.
   good = {
     notDeterministic = (mdi { rootFSUID = null; deterministic = false; }).drvPath;
-    btrfsUnpartitioned = (mdi { fsType = "btrfs"; partitionTableType = "none"; }).drvPath;
+    btrfsUnpartitioned =
+      (mdi {
+        config = s.configLinode;
+        fsType = "btrfs";
+        partitionTableType = "none";
+      }).drvPath;
     efiVarsOnLegacyGpt = (mdi { touchEFIVars = true; partitionTableType = "legacy+gpt"; }).drvPath;
   };
 }

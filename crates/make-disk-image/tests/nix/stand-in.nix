@@ -111,7 +111,16 @@ rec {
     mkdir $out
     echo initrd >$out/initrd
   '' { };
-  toplevel = mk "nixos-system-standin-25.05" ''
+  # configurationName: the configuration-name file NixOS' GRUB module writes into the
+  # toplevel (boot.loader.grub.configurationName).
+  toplevelWith =
+    {
+      name ? "nixos-system-standin-25.05",
+      configurationName ? null,
+    }:
+    mk name (
+      (if configurationName == null then "" else "mkdir -p $out; printf '%s' '${configurationName}' >$out/configuration-name\n")
+      + ''
     mkdir -p $out/bin
     printf '#!%s/bin/greet\n' "$greeter" >$out/init
     printf '#!/bin/sh\necho activating\n' >$out/activate
@@ -124,7 +133,13 @@ rec {
     echo "$system" >$out/system
     printf '{"org.nixos.bootspec.v1":{"init":"%s/init","initrd":"%s/initrd","kernel":"%s/bzImage","kernelParams":["console=ttyS0"],"label":"NixOS 25.05 (Linux 6.6)","system":"%s","toplevel":"%s"},"org.nixos.specialisation.v1":{}}\n' \
       "$out" "$initrd" "$kernel" "$system" "$out" >$out/boot.json
-  '' { inherit greeter kernel initrd; };
+  ''
+    ) { inherit greeter kernel initrd; };
+  toplevel = toplevelWith { };
+  toplevelNamed = toplevelWith {
+    name = "nixos-system-named-25.05";
+    configurationName = "Stable 6.6";
+  };
   # For additionalPaths.
   extra = mk "extra-data" ''
     mkdir $out
@@ -200,8 +215,18 @@ rec {
     cp "$bin" $out/bin/make-disk-image
   '' { bin = mdiBin; };
 
+  # Two of the tools nixpkgs' postVM had on PATH, as stand-in packages (bin/ shims to the
+  # host's): the function adds what pkgs has.
+  tool =
+    name: progs:
+    mk name (builtins.concatStringsSep "\n" (
+      [ "mkdir -p $out/bin" ]
+      ++ map (p: "printf '#!/bin/sh\\nexec /usr/sbin/${p} \"$@\"\\n' >$out/bin/${p}; chmod 0755 $out/bin/${p}") progs
+    )) { };
   pkgs = {
     inherit runCommand closureInfo;
+    util-linux = tool "util-linux-stand-in" [ "partx" "sfdisk" ];
+    parted = tool "parted-stand-in" [ "parted" ];
     path = ./channel-src;
     stdenv.hostPlatform.efiArch = "x64";
     OVMF.fd = ovmf;
@@ -266,8 +291,102 @@ rec {
       grub.enable = false;
       systemd-boot.enable = true;
       timeout = 3;
+      efi.canTouchEfiVariables = true;
     };
   };
+  # What NixOS' own image modules set for UEFI GRUB (nixpkgs' disk-image efi variant,
+  # amazon-image efi): EFI GRUB at the removable path, no BIOS boot code.
+  configGrubEfi = config // {
+    boot.loader = config.boot.loader // {
+      grub = config.boot.loader.grub // {
+        efiSupport = true;
+        efiInstallAsRemovable = true;
+        devices = [ "nodev" ];
+      };
+    };
+  };
+  # Both platforms (proxmox hybrid-style): BIOS boot code on /dev/vda and EFI GRUB.
+  configGrubHybrid = config // {
+    boot.loader = config.boot.loader // {
+      grub = config.boot.loader.grub // {
+        efiSupport = true;
+        efiInstallAsRemovable = true;
+      };
+    };
+  };
+  # The GRUB options install-grub.pl reads, each set: the menu's extras, the default
+  # entry pointing at an extra entry, a file for /boot, a named configuration, no timeout.
+  configGrubOptions = config // {
+    system = config.system // {
+      build = config.system.build // {
+        toplevel = toplevelNamed;
+      };
+    };
+    boot.loader = config.boot.loader // {
+      timeout = null;
+      grub = config.boot.loader.grub // {
+        configurationName = "Stable 6.6";
+        extraConfig = "serial --unit=0 --speed=115200\nterminal_output --append serial";
+        extraEntries = ''
+          menuentry "Memtest86+" {
+            linux @bootRoot@/memtest.bin
+          }
+        '';
+        extraPerEntryConfig = "insmod part_msdos";
+        default = 1;
+        timeoutStyle = "countdown";
+        extraFiles."memtest.bin" = "${hello}/share/doc/README";
+        # What grub.nix makes of extraFiles: accepted, the copy is done natively.
+        extraPrepareConfig = ''
+          /nix/store/00000000000000000000000000000000-coreutils/bin/install -Dp '${hello}/share/doc/README' '/boot'/'memtest.bin'
+        '';
+        # NixOS' defaults for the graphical menu (not drawn): accepted.
+        font = "/nix/store/00000000000000000000000000000000-grub-2.12/share/grub/unicode.pf2";
+        splashImage = "/nix/store/00000000000000000000000000000000-simple-dark-gray-bootloader/share/artwork/gnome/nix-wallpaper-simple-dark-gray_bootloader.png";
+        backgroundColor = "#2F302F";
+      };
+    };
+  };
+  # UEFI GRUB installed as grub-install does without --removable, with its NVRAM entry.
+  configGrubEfiNvram = configGrubEfi // {
+    boot.loader = configGrubEfi.boot.loader // {
+      grub = configGrubEfi.boot.loader.grub // {
+        efiInstallAsRemovable = false;
+      };
+      efi.canTouchEfiVariables = true;
+    };
+  };
+  # linode: no partition table, GRUB's menu only.
+  configLinode = config // {
+    boot.loader = config.boot.loader // {
+      grub = config.boot.loader.grub // {
+        devices = [ "nodev" ];
+      };
+    };
+  };
+  # systemd-boot's options that change the ESP, each set (memtest86's shape).
+  configSystemdBootOptions = configSystemdBoot // {
+    boot.loader = configSystemdBoot.boot.loader // {
+      timeout = null;
+      systemd-boot = configSystemdBoot.boot.loader.systemd-boot // {
+        editor = false;
+        consoleMode = "max";
+        extraEntries."memtest86.conf" = "title Memtest86+\nefi /efi/memtest86/memtest.efi\nsort-key z_memtest\n";
+        extraFiles."efi/memtest86/memtest.efi" = "${hello}/share/doc/NOTES";
+      };
+    };
+  };
+  # One boot.loader option at a time, for the refusals.
+  withGrub = o: config // { boot.loader = config.boot.loader // { grub = config.boot.loader.grub // o; }; };
+  withSystemdBoot =
+    o:
+    configSystemdBoot
+    // {
+      boot.loader = configSystemdBoot.boot.loader // {
+        systemd-boot = configSystemdBoot.boot.loader.systemd-boot // o;
+      };
+    };
+  withLoader = o: config // { boot.loader = config.boot.loader // o; };
   configNoLoader = config // {
     boot.loader.grub.enable = false;
   };
@@ -290,6 +409,16 @@ rec {
       enable = true;
       efiSupport = true;
       devices = [ "nodev" ];
+    };
+  };
+  configAarch64ExtlinuxOptions = configAarch64 // {
+    boot.loader = {
+      generic-extlinux-compatible = {
+        enable = true;
+        configurationLimit = 0;
+        useGenerationDeviceTree = false;
+      };
+      timeout = null;
     };
   };
   configAarch64Extlinux = configAarch64 // {
