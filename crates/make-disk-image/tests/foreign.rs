@@ -188,7 +188,7 @@ fn converts_like_qemu(dir: &Path, input: &Path, extra: &[&str]) {
         let err = convert_ok(input, &out, fmt, extra);
         assert_eq!(
             err.contains("not a whole number of 512-byte sectors"),
-            !len.is_multiple_of(512),
+            len % 512 != 0,
             "{fmt}: note: {err}"
         );
         let back = dir.join("back.raw");

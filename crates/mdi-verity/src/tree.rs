@@ -104,7 +104,7 @@ impl VerityBuilder {
     /// non-zero number of data blocks.
     pub fn finish(mut self) -> Result<VerityTree, VerityError> {
         let bs = self.params.data_block_size as usize;
-        if !self.pending.len().is_multiple_of(bs) {
+        if self.pending.len() % bs != 0 {
             return Err(VerityError::NotBlockAligned { len: self.data_len(), block: bs as u32 });
         }
         let rest = std::mem::take(&mut self.pending);
@@ -189,7 +189,7 @@ pub fn hash_device_len(data_len: u64, data_block_size: u32, hash_block_size: u32
     if data_len == 0 {
         return Err(VerityError::Empty);
     }
-    if !data_len.is_multiple_of(u64::from(data_block_size)) {
+    if data_len % u64::from(data_block_size) != 0 {
         return Err(VerityError::NotBlockAligned { len: data_len, block: data_block_size });
     }
     let fanout = u64::from(hash_block_size) / DIGEST as u64;

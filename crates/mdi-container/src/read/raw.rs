@@ -47,7 +47,7 @@ impl Image for Raw {
 
     fn notes(&self) -> Vec<String> {
         let len = self.src.len;
-        if len.is_multiple_of(512) {
+        if len % 512 == 0 {
             return Vec::new();
         }
         vec![format!(
