@@ -39,33 +39,6 @@ fn systemd_boot(sys: &Path) -> PathBuf {
     sys.join("arm64/usr/lib/systemd/boot/efi/systemd-bootaa64.efi")
 }
 
-/// Builds the stand-in system's image into `dir/out` with `extra` arguments.
-fn image(sys: &Path, dir: &Path, extra: &[&str]) -> (PathBuf, String) {
-    let marker = format!("marker {}", dir.file_name().unwrap().to_string_lossy());
-    fs::create_dir_all(dir).unwrap();
-    fs::write(dir.join("marker"), &marker).unwrap();
-    let contents = format!(r#"[{{"source":"{}","target":"/boot-marker"}}]"#, dir.join("marker").display());
-    let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap();
-    let (ci, root, out) = (sys.join("closure-info"), sys.join("root"), dir.join("out"));
-    let mut args = vec![
-        os("--closure-info"),
-        ci.as_os_str(),
-        os("--store-root"),
-        root.as_os_str(),
-        os("--system"),
-        os(toplevel.trim()),
-        os("--boot-timeout"),
-        os("0"),
-        os("--contents"),
-        os(&contents),
-        os("-o"),
-        out.as_os_str(),
-    ];
-    args.extend(extra.iter().map(|a| os(a)));
-    build(&args);
-    (out, marker)
-}
-
 enum Firmware<'a> {
     /// AAVMF with this variable store (copied: QEMU writes to it).
     Uefi(&'a Path),
@@ -113,7 +86,7 @@ fn systemd_boot_and_the_efi_vars_entry() {
     let Some(sys) = system() else { return };
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let sd = systemd_boot(sys);
-    let (out, marker) = image(
+    let (out, marker) = stand_in_image(
         sys,
         &t.path().join("sd"),
         &["--partition-table-type", "efi", "--systemd-boot", sd.to_str().unwrap(), "--touch-efi-vars", "true"],
@@ -140,7 +113,7 @@ fn grub_efi() {
     let Some(sys) = system() else { return };
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let grub = sys.join("arm64/usr/lib/grub");
-    let (out, marker) = image(
+    let (out, marker) = stand_in_image(
         sys,
         &t.path().join("grub"),
         &["--partition-table-type", "efi", "--boot-loader", "grub", "--grub", grub.to_str().unwrap()],
@@ -157,7 +130,7 @@ fn extlinux_under_u_boot() {
     let Some(sys) = system() else { return };
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     for ptt in ["legacy", "efi"] {
-        let (out, marker) = image(
+        let (out, marker) = stand_in_image(
             sys,
             &t.path().join(format!("ext-{ptt}")),
             &["--partition-table-type", ptt, "--boot-loader", "extlinux", "--boot-timeout", "1"],
@@ -241,7 +214,7 @@ fn aarch64_images_are_reproducible() {
         ("grub", vec!["--partition-table-type", "efi", "--boot-loader", "grub", "--grub", grub.to_str().unwrap()]),
         ("ext", vec!["--partition-table-type", "legacy", "--boot-loader", "extlinux", "--format", "qcow2"]),
     ] {
-        let (a, _) = image(sys, &t.path().join(format!("{name}-a")), &extra);
+        let (a, _) = stand_in_image(sys, &t.path().join(format!("{name}-a")), &extra);
         let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap();
         let b = t.path().join(format!("{name}-b"));
         fs::create_dir_all(&b).unwrap();

@@ -28,34 +28,6 @@ fn system() -> Option<&'static Path> {
     SYS.get_or_init(|| boot_system("boot-system", &["qemu-system-x86_64", "grub-mkimage"], "boot tests")).as_deref()
 }
 
-/// Builds an image of the stand-in system; returns the output folder and the marker text.
-fn build_image(sys: &Path, dir: &Path, extra: &[&str]) -> (PathBuf, String) {
-    let marker = format!("marker {}", dir.file_name().unwrap().to_string_lossy());
-    fs::create_dir_all(dir).unwrap();
-    let marker_file = dir.join("marker");
-    fs::write(&marker_file, &marker).unwrap();
-    let contents = format!(r#"[{{"source":"{}","target":"/boot-marker"}}]"#, marker_file.display());
-    let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap();
-    let out = dir.join("out");
-    let mut args = vec![
-        os("--closure-info"),
-        Box::leak(sys.join("closure-info").into_os_string().into_boxed_os_str()) as &std::ffi::OsStr,
-        os("--store-root"),
-        Box::leak(sys.join("root").into_os_string().into_boxed_os_str()),
-        os("--system"),
-        os(toplevel.trim()),
-        os("--boot-timeout"),
-        os("0"),
-        os("--contents"),
-        os(contents.leak()),
-        os("-o"),
-        Box::leak(out.clone().into_os_string().into_boxed_os_str()),
-    ];
-    args.extend(extra.iter().map(|a| os(a)));
-    build(&args);
-    (out, marker)
-}
-
 enum Firmware<'a> {
     Bios,
     /// OVMF with this variable store (copied; QEMU writes to it).
@@ -106,7 +78,7 @@ fn case(name: &str, ptt: &str, loader: &str, fws: &[&str]) {
     let Some(sys) = system() else { return };
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = t.path().join(name);
-    let (out, marker) = build_image(sys, &dir, &["--partition-table-type", ptt, "--boot-loader", loader]);
+    let (out, marker) = stand_in_image(sys, &dir, &["--partition-table-type", ptt, "--boot-loader", loader]);
     let img = out.join("nixos.img");
     for fw in fws {
         let f = if *fw == "bios" { Firmware::Bios } else { Firmware::Uefi(Path::new(OVMF_VARS)) };
@@ -161,7 +133,7 @@ fn qcow2_and_vhd_boot() {
     let Some(sys) = system() else { return };
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     for (format, qemu_fmt, ext) in [("qcow2", "qcow2", "qcow2"), ("vpc", "vpc", "vhd")] {
-        let (out, marker) = build_image(
+        let (out, marker) = stand_in_image(
             sys,
             &t.path().join(format),
             &["--partition-table-type", "hybrid", "--boot-loader", "grub", "--format", format],
@@ -178,7 +150,7 @@ fn efi_vars_entry_boots_without_the_removable_path() {
     let Some(sys) = system() else { return };
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let (out, marker) =
-        build_image(sys, &t.path().join("efivars"), &["--partition-table-type", "efi", "--touch-efi-vars", "true"]);
+        stand_in_image(sys, &t.path().join("efivars"), &["--partition-table-type", "efi", "--touch-efi-vars", "true"]);
     let img = out.join("nixos.img");
     let vars = out.join("efi-vars.fd");
     let m: serde_json::Value = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
@@ -230,7 +202,7 @@ fn grub_finds_the_kernel_on_btrfs_and_xfs_roots() {
             continue;
         }
         let (out, _) =
-            build_image(sys, &t.path().join(fs_type), &["--partition-table-type", "legacy", "--fs-type", fs_type]);
+            stand_in_image(sys, &t.path().join(fs_type), &["--partition-table-type", "legacy", "--fs-type", fs_type]);
         let log = boot_until(&out.join("nixos.img"), "raw", Firmware::Bios, "MDI-BOOT-CMDLINE: ");
         check_cmdline(&log, sys);
     }
@@ -241,7 +213,7 @@ fn grub_finds_the_kernel_on_btrfs_and_xfs_roots() {
 fn systemd_boot_files_on_the_esp() {
     let Some(sys) = system() else { return };
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (out, _) = build_image(sys, &t.path().join("files"), &["--partition-table-type", "efixbootldr"]);
+    let (out, _) = stand_in_image(sys, &t.path().join("files"), &["--partition-table-type", "efixbootldr"]);
     let img = out.join("nixos.img");
     let m: serde_json::Value = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let offset = |label: &str| {
@@ -297,8 +269,11 @@ fn systemd_boot_files_on_the_esp() {
 fn grub_menu_has_the_specialisations() {
     let Some(sys) = system() else { return };
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (out, _) =
-        build_image(sys, &t.path().join("grub-menu"), &["--partition-table-type", "hybrid", "--boot-loader", "grub"]);
+    let (out, _) = stand_in_image(
+        sys,
+        &t.path().join("grub-menu"),
+        &["--partition-table-type", "hybrid", "--boot-loader", "grub"],
+    );
     let m: serde_json::Value = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let esp = m["filesystems"].as_array().unwrap().iter().find(|f| f["label"] == "ESP").unwrap();
     let img = format!("{}@@{}", out.join("nixos.img").display(), esp["offset"]);
@@ -390,7 +365,7 @@ fn grub_force_i686_hybrid() {
         return;
     }
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (out, marker) = build_image(
+    let (out, marker) = stand_in_image(
         sys,
         &t.path().join("i686"),
         &["--partition-table-type", "hybrid", "--boot-loader", "grub", "--grub-force-i686", "true"],
@@ -435,7 +410,7 @@ fn grub_extra_entry_chosen_by_default_boots() {
     // 0 and 1 are NixOS' entry and its specialisation "alt"; the extra entries follow.
     let options = serde_json::json!({ "extraEntries": entry, "default": "2" }).to_string();
     let t = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (out, marker) = build_image(
+    let (out, marker) = stand_in_image(
         sys,
         &t.path().join("grub-extra"),
         &["--partition-table-type", "legacy", "--boot-loader", "grub", "--grub-options", &options],

@@ -11,20 +11,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// `make-disk-image ARGS`: (exit code, stdout, stderr).
-fn mdi(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(bin()).args(args).output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 /// Runs a tool that must succeed; returns its stdout.
 fn tool(cmd: &str, args: &[&str]) -> String {
     let o = Command::new(cmd)
@@ -39,14 +25,6 @@ fn tool(cmd: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn inspect_json(img: &Path, extra: &[&str]) -> Value {
-    let mut args = vec!["inspect", p(img), "--json"];
-    args.extend_from_slice(extra);
-    let (code, out, err) = mdi(&args);
-    assert_eq!(code, 0, "inspect {}: {err}", img.display());
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("inspect --json output: {e}\n{out}"))
 }
 
 fn qemu_vpc_size(img: &Path) -> u64 {
@@ -186,11 +164,7 @@ fn converts_like_qemu(dir: &Path, input: &Path, extra: &[&str]) {
     for fmt in ["raw", "qcow2", "qcow2-compressed", "vpc", "vdi", "vmdk", "vhdx"] {
         let out = dir.join(format!("out.{fmt}"));
         let err = convert_ok(input, &out, fmt, extra);
-        assert_eq!(
-            err.contains("not a whole number of 512-byte sectors"),
-            len % 512 != 0,
-            "{fmt}: note: {err}"
-        );
+        assert_eq!(err.contains("not a whole number of 512-byte sectors"), len % 512 != 0, "{fmt}: note: {err}");
         let back = dir.join("back.raw");
         let qfmt = if fmt == "qcow2-compressed" { "qcow2" } else { fmt };
         tool("qemu-img", &["convert", "-f", qfmt, "-O", "raw", p(&out), p(&back)]);

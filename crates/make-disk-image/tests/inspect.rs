@@ -20,28 +20,6 @@ fn run(cmd: &str, args: &[&str]) -> (bool, String) {
     (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// `make-disk-image ARGS`: (exit code, stdout, stderr).
-fn mdi(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(bin()).args(args).output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn inspect_json(img: &Path, extra: &[&str]) -> Value {
-    let mut args = vec!["inspect", p(img), "--json"];
-    args.extend_from_slice(extra);
-    let (code, out, err) = mdi(&args);
-    assert_eq!(code, 0, "inspect {}: {err}", img.display());
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("inspect --json output: {e}\n{out}"))
-}
-
 /// A source tree: files with several modes, a symlink, a nested folder, boot files.
 fn source(dir: &Path, hostname: &str, mode: u32) -> PathBuf {
     let root = dir.join("root");

@@ -8,19 +8,7 @@ use std::process::Command;
 
 const OVMF: &str = "/usr/share/OVMF";
 
-/// Says in one line why a check does not run: on stderr, and in the file named by
-/// `MDI_SKIP_LOG`, which scripts/test.sh prints at the end (cargo test hides the stderr of
-/// tests that pass).
-fn skip(why: impl std::fmt::Display) {
-    eprintln!("SKIP {why}");
-    if let Some(log) = std::env::var_os("MDI_SKIP_LOG") {
-        use std::io::Write;
-        let test = std::thread::current().name().unwrap_or("?").to_string();
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = f.write_all(format!("ovmf_templates::{test}: {why}\n").as_bytes());
-        }
-    }
-}
+use mdi_testkit::skip;
 
 /// The templates that exist here; a SKIP line for each missing one.
 fn templates(names: &[&str]) -> Vec<PathBuf> {

@@ -774,15 +774,7 @@ fn fuzz_other_filesystems() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     if seeds.is_empty() {
-        let why = "fuzz_other_filesystems: none of mkfs.btrfs, mkfs.xfs, mkfs.erofs, mksquashfs is installed";
-        eprintln!("SKIP {why}");
-        // scripts/test.sh lists the lines of MDI_SKIP_LOG at the end (cargo hides this stderr).
-        if let Some(log) = std::env::var_os("MDI_SKIP_LOG") {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-                let _ = writeln!(f, "fuzz::{why}");
-            }
-        }
+        mdi_testkit::skip("fuzz_other_filesystems: none of mkfs.btrfs, mkfs.xfs, mkfs.erofs, mksquashfs is installed");
         return;
     }
     fuzz("other-fs", seeds, exercise_other_fs);

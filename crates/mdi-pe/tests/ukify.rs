@@ -12,16 +12,7 @@ use std::process::Command;
 const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 const BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
-fn skip(why: impl std::fmt::Display) {
-    eprintln!("SKIP {why}");
-    if let Some(log) = std::env::var_os("MDI_SKIP_LOG") {
-        use std::io::Write;
-        let test = std::thread::current().name().unwrap_or("?").to_string();
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = f.write_all(format!("mdi-pe ukify::{test}: {why}\n").as_bytes());
-        }
-    }
-}
+use mdi_testkit::skip;
 
 fn ukify() -> Option<PathBuf> {
     let mut c: Vec<PathBuf> = std::env::var_os("MDI_UKIFY").map(PathBuf::from).into_iter().collect();

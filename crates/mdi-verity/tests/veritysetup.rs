@@ -8,18 +8,7 @@ use proptest::prelude::*;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Says in one line why a check does not run: on stderr, and in the file named by
-/// `MDI_SKIP_LOG`, which scripts/test.sh prints at the end.
-fn skip(why: impl std::fmt::Display) {
-    eprintln!("SKIP {why}");
-    if let Some(log) = std::env::var_os("MDI_SKIP_LOG") {
-        use std::io::Write;
-        let test = std::thread::current().name().unwrap_or("?").to_string();
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = f.write_all(format!("mdi-verity veritysetup::{test}: {why}\n").as_bytes());
-        }
-    }
-}
+use mdi_testkit::skip;
 
 fn veritysetup() -> bool {
     let ok = Command::new("veritysetup").arg("--version").output().is_ok_and(|o| o.status.success());

@@ -21,25 +21,7 @@ pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
 }
 
-/// Says in one line why a test (or a part of one) does not run here: on stderr, and in the
-/// file named by `MDI_SKIP_LOG`, which scripts/test.sh prints at the end (cargo test hides the
-/// stderr of tests that pass, so a skip would otherwise go unseen).
-pub fn skip(why: impl std::fmt::Display) {
-    let test = std::thread::current().name().unwrap_or("?").to_string();
-    let binary = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(name, _hash)| name.to_string()))
-        .unwrap_or_default();
-    eprintln!("SKIP {why}");
-    if let Some(log) = std::env::var_os("MDI_SKIP_LOG") {
-        use std::io::Write;
-        // One write per line with O_APPEND: lines from parallel tests do not interleave.
-        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = f.write_all(format!("{binary}::{test}: {why}\n").as_bytes());
-        }
-    }
-}
+pub use mdi_testkit::skip;
 
 /// Says why a test does not run and returns true when it must skip.
 pub fn skip_unless_root(what: &str) -> bool {
@@ -478,4 +460,57 @@ pub fn e2fsck_root(out: &Path) {
     }
     dst.set_len(size).unwrap();
     e2fsck_clean(part.path());
+}
+
+/// A path as the `&str` an argument list of `&str` wants.
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// `make-disk-image ARGS`: (exit code, stdout, stderr).
+pub fn mdi(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(bin()).args(args).output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// `make-disk-image inspect IMAGE --json EXTRA…`, which must succeed, parsed.
+pub fn inspect_json(img: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["inspect", p(img), "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = mdi(&args);
+    assert_eq!(code, 0, "inspect {}: {err}", img.display());
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("inspect --json output: {e}\n{out}"))
+}
+
+/// Builds an image of a stand-in system of [`boot_system`] into `dir/out` with `extra`
+/// arguments, with a marker file only its root holds (`/boot-marker`, which the stand-in's
+/// initrd prints); returns the output folder and the marker text.
+pub fn stand_in_image(sys: &Path, dir: &Path, extra: &[&str]) -> (PathBuf, String) {
+    let marker = format!("marker {}", dir.file_name().unwrap().to_string_lossy());
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("marker"), &marker).unwrap();
+    let contents = format!(r#"[{{"source":"{}","target":"/boot-marker"}}]"#, dir.join("marker").display());
+    let toplevel = fs::read_to_string(sys.join("closure-info/toplevel")).unwrap();
+    let (ci, root, out) = (sys.join("closure-info"), sys.join("root"), dir.join("out"));
+    let mut args = vec![
+        os("--closure-info"),
+        ci.as_os_str(),
+        os("--store-root"),
+        root.as_os_str(),
+        os("--system"),
+        os(toplevel.trim()),
+        os("--boot-timeout"),
+        os("0"),
+        os("--contents"),
+        os(&contents),
+        os("-o"),
+        out.as_os_str(),
+    ];
+    args.extend(extra.iter().map(|a| os(a)));
+    build(&args);
+    (out, marker)
 }
