@@ -239,6 +239,50 @@ fn parse_build_args(args: &[String]) -> Result<BuildArgs> {
     Ok(BuildArgs { spec, out: out.unwrap_or_else(|| PathBuf::from("result")), json })
 }
 
+/// Standard output for everything the commands print. A reader that goes away early
+/// (`| head`, `| true`) is not an error: the rest is dropped and the command ends as it
+/// would have, as other Unix tools do, instead of a panic (Rust ignores SIGPIPE, so the
+/// write fails with EPIPE).
+struct Stdout {
+    inner: std::io::Stdout,
+    gone: bool,
+}
+
+impl Stdout {
+    fn new() -> Stdout {
+        Stdout { inner: std::io::stdout(), gone: false }
+    }
+}
+
+impl std::io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.gone {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.gone = true;
+                Ok(buf.len())
+            }
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.inner.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => r,
+        }
+    }
+}
+
+/// Prints `text` on standard output (see [`Stdout`]).
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = Stdout::new();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).context("writing to standard output")
+}
+
 /// `inspect`: the report, a listing or a file's bytes.
 fn inspect(
     image: &std::path::Path,
@@ -257,7 +301,7 @@ fn inspect(
         let (part, path) = open(&spec)?;
         let w = part.window(&disk);
         let fs = mdi_inspect::fs::open(&w).map_err(|e| anyhow!(e))?.ok_or_else(|| anyhow!("no filesystem"))?;
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut out = std::io::BufWriter::new(Stdout::new());
         fs.cat(&path, &mut out).map_err(|e| anyhow!("{spec}: {e}"))?;
         out.flush()?;
         return Ok(());
@@ -277,13 +321,12 @@ fn inspect(
         listing = Some(mdi_inspect::render_nodes(&nodes));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))
     } else if let Some(l) = listing {
-        print!("{l}");
+        emit(&l)
     } else {
-        print!("{}", mdi_inspect::render(&report));
+        emit(&mdi_inspect::render(&report))
     }
-    Ok(())
 }
 
 fn run() -> Result<()> {
@@ -292,7 +335,8 @@ fn run() -> Result<()> {
         Cmd::Inspect { image, json, ls, cat, input_format } => inspect(&image, json, ls, cat, input_format),
         Cmd::Diff { a, b, json, input_format } => {
             let (code, text, errors) = mdi_inspect::diff::run(&a, &b, json, input_format);
-            print!("{text}");
+            // The exit code says identical / different / error, whether or not anyone read it.
+            let _ = emit(&text);
             // Errors go to stderr, so that stdout holds only the comparison.
             eprint!("{errors}");
             std::process::exit(code)
@@ -382,19 +426,19 @@ fn run() -> Result<()> {
             }
             let outcome = result?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&outcome.manifest)?);
+                emit(&format!("{}\n", serde_json::to_string_pretty(&outcome.manifest)?))?;
             } else {
                 let m = &outcome.manifest;
-                println!(
-                    "{}: {} bytes, {}",
+                let mut text = format!(
+                    "{}: {} bytes, {}\n",
                     outcome.image.display(),
                     m["image"]["virtualSize"],
                     m["partitionTableType"].as_str().unwrap_or("")
                 );
                 for fs in m["filesystems"].as_array().into_iter().flatten() {
                     let id = fs["uuid"].as_str().or(fs["volumeId"].as_str()).unwrap_or("");
-                    println!(
-                        "  {} {} '{}' {} at byte {}, {} bytes",
+                    text += &format!(
+                        "  {} {} '{}' {} at byte {}, {} bytes\n",
                         fs["role"].as_str().unwrap_or(""),
                         fs["type"].as_str().unwrap_or(""),
                         fs["label"].as_str().unwrap_or(""),
@@ -403,6 +447,7 @@ fn run() -> Result<()> {
                         fs["size"]
                     );
                 }
+                emit(&text)?;
             }
             Ok(())
         }

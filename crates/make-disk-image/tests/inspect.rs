@@ -409,3 +409,35 @@ fn diff_names_exactly_the_one_difference() {
     let (code, _, _) = mdi(&["diff", p(&base), p(&t.path().join("missing.img"))]);
     assert_eq!(code, 2);
 }
+
+/// A reader that stops early (`| true`) ends the output, not the program: no panic, the
+/// exit code of a full run (issue 18: "failed printing to stdout: Broken pipe").
+#[test]
+fn output_into_a_closed_pipe_is_not_a_panic() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    // More than a pipe holds (64 KiB), so the writer meets the closed end.
+    for i in 0..3000 {
+        fs::write(src.join(format!("file-with-a-long-name-{i:05}")), "x").unwrap();
+    }
+    fs::write(src.join("big"), vec![b'y'; 1 << 20]).unwrap();
+    let out = t.path().join("out");
+    build(&[os("--root-dir"), src.as_os_str(), os("--partition-table-type"), os("none"), os("-o"), out.as_os_str()]);
+    let img = out.join("nixos.img");
+    for cmd in [
+        format!("\"$0\" inspect '{}' --ls / | true", img.display()),
+        format!("\"$0\" inspect '{}' --ls / --json | true", img.display()),
+        format!("\"$0\" inspect '{}' --cat /big | true", img.display()),
+        format!(
+            "\"$0\" build --root-dir '{}' --partition-table-type none -o '{}' --json | true",
+            src.display(),
+            t.path().join("o2").display()
+        ),
+    ] {
+        // pipefail: the exit code is make-disk-image's, not true's.
+        let o = Command::new("bash").arg("-c").arg(format!("set -o pipefail; {cmd}")).arg(bin()).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && !err.contains("panicked"), "{cmd}: {:?}\n{err}", o.status);
+    }
+}
