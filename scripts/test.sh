@@ -64,7 +64,8 @@ if [ "$(id -u)" = 0 ]; then
   # namespace; Debian's nix-bin does not make the mount point (nix-setup-systemd would).
   mkdir -p /nix
   # Nothing may be left half-installed or held back.
-  dpkg --audit >&2 && [ -z "$(dpkg --audit)" ] || { echo "dpkg --audit reports broken packages" >&2; exit 1; }
+  audit="$(dpkg --audit)"
+  [ -z "$audit" ] || { printf '%s\n' "$audit" >&2; echo "dpkg --audit reports broken packages" >&2; exit 1; }
   if ! command -v virt-fw-vars >/dev/null; then
     python3 -m pip install -q --break-system-packages virt-firmware 2>/dev/null \
       || python3 -m pip install -q virt-firmware

@@ -146,7 +146,10 @@ fn extlinux_under_u_boot() {
             assert!(parts[1].get("attrs").is_none(), "{table}");
         }
         let log = boot(&img, Firmware::UBoot, &marker);
-        assert!(log.contains("Retrieving file: /extlinux/extlinux.conf") || log.contains("extlinux.conf"), "{log}");
+        assert!(
+            log.contains("Retrieving file: ") && log.contains("extlinux/extlinux.conf"),
+            "U-Boot did not read extlinux.conf:\n{log}"
+        );
     }
 }
 
